@@ -1,0 +1,30 @@
+"""The whole network as one `nn.Module`: vision encoder + decoder, and the embedding merge."""
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from .config import ModelConfig
+from .decoder.model import Decoder
+from .vision.encoder import VisionEncoder
+
+
+class DeepseekOCRModel(nn.Module):
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        self.cfg = cfg
+        self.vision = VisionEncoder(cfg)
+        self.decoder = Decoder(cfg.decoder)
+
+    def merge_embeddings(self, input_ids: torch.Tensor, images_seq_mask: torch.Tensor,
+                         image_rows: torch.Tensor | None) -> torch.Tensor:
+        """Token embeddings `[T, hidden]` with the image rows scattered, in order, into the
+        positions where `images_seq_mask` is set."""
+        embeds = self.decoder.embed_tokens(input_ids)
+        n_slots = int(images_seq_mask.sum())
+        n_rows = 0 if image_rows is None else image_rows.shape[0]
+        if n_slots != n_rows:
+            raise ValueError(f"{n_slots} <image> positions in the prompt but {n_rows} vision rows")
+        if n_rows:
+            embeds = embeds.masked_scatter(images_seq_mask[:, None], image_rows.to(embeds.dtype))
+        return embeds

@@ -1,0 +1,203 @@
+"""`DeepseekOCR`: the public entry point (load, prepare, embed, logits, generate, save).
+
+    >>> from deepseek_ocr import DeepseekOCR
+    >>> model = DeepseekOCR.from_pretrained("deepseek-ai/DeepSeek-OCR")
+    >>> print(model.generate("page.png", prompt="<image>\\nFree OCR.", mode="gundam").text)
+"""
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+from typing import Iterator, Sequence
+
+import torch
+
+from .config import ModelConfig
+from .errors import DeepseekOCRError
+from .generation.generate import GenerationResult, generate, stream
+from .modeling import DeepseekOCRModel
+from .processing.image_io import DEFAULT_MAX_PIXELS, load_image
+from .processing.prompt import PreparedInputs, build_inputs
+from .processing.tokenizer import Tokenizer
+from .processing.views import Mode, make_views, resolve_mode
+from .weights.loading import DEFAULT_REPO, load_model, resolve_checkpoint
+from .weights.names import checkpoint_tensors
+from .weights.saving import save_checkpoint
+
+logger = logging.getLogger(__name__)
+
+_DTYPES = {"float32": torch.float32, "fp32": torch.float32, "float": torch.float32,
+           "bfloat16": torch.bfloat16, "bf16": torch.bfloat16,
+           "float16": torch.float16, "fp16": torch.float16, "half": torch.float16}
+
+DEFAULT_PROMPT = "<image>\n<|grounding|>Convert the document to markdown."
+
+
+def resolve_device(device: str | torch.device | None) -> torch.device:
+    if device is None:
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(device)
+
+
+def resolve_dtype(dtype: str | torch.dtype | None, device: torch.device) -> torch.dtype:
+    """Default: bfloat16 on an accelerator, float32 on the CPU (bf16 matmuls are slow there)."""
+    if dtype is None:
+        dtype = torch.float32 if device.type == "cpu" else torch.bfloat16
+    elif isinstance(dtype, str):
+        if dtype.lower() not in _DTYPES:
+            raise ValueError(f"unknown dtype {dtype!r}; choose one of {sorted(set(_DTYPES))}")
+        dtype = _DTYPES[dtype.lower()]
+    if dtype not in (torch.float32, torch.bfloat16, torch.float16):
+        raise ValueError(f"dtype must be float32, bfloat16 or float16, got {dtype}")
+    if dtype == torch.bfloat16 and device.type == "cuda" and not torch.cuda.is_bf16_supported():
+        raise DeepseekOCRError(f"{torch.cuda.get_device_name(device)} has no bfloat16 support; "
+                               "pass dtype='float16' or 'float32'")
+    return dtype
+
+
+class DeepseekOCR:
+    """The model with its tokenizer and preprocessing.
+
+    Attributes:
+        model: the `DeepseekOCRModel` (`nn.Module`).
+        tokenizer: the checkpoint's `Tokenizer`.
+        config: the typed `ModelConfig`.
+    """
+
+    def __init__(self, model: DeepseekOCRModel, tokenizer: Tokenizer, folder: Path | None = None):
+        self.model = model
+        self.tokenizer = tokenizer
+        self.config: ModelConfig = model.cfg
+        self.folder = folder
+        self.max_pixels = DEFAULT_MAX_PIXELS
+
+    # ----------------------------------------------------------------------------- loading
+    @classmethod
+    def from_pretrained(cls, path_or_repo: str | os.PathLike = DEFAULT_REPO, *,
+                        device: str | torch.device | None = None,
+                        dtype: str | torch.dtype | None = None,
+                        revision: str | None = None) -> "DeepseekOCR":
+        """Load from a local folder or a hub repo id (cached; honours `HF_HUB_OFFLINE`).
+
+        Args:
+            path_or_repo: folder with config.json, safetensors and tokenizer files, or a repo id.
+            device: default CUDA when available, else CPU.
+            dtype: float32 / bfloat16 / float16 (default bf16 on GPU, float32 on CPU).
+            revision: hub revision (branch, tag or commit) for repo ids.
+        """
+        device = resolve_device(device)
+        dtype = resolve_dtype(dtype, device)
+        folder = resolve_checkpoint(path_or_repo, revision)
+        cfg = ModelConfig.from_file(folder / "config.json")
+        tokenizer = Tokenizer.from_folder(folder)
+        if tokenizer.vocab_size > cfg.decoder.vocab_size:
+            raise DeepseekOCRError(f"{folder}: tokenizer has {tokenizer.vocab_size} ids but the "
+                                   f"embedding only {cfg.decoder.vocab_size} rows")
+        model = load_model(folder, cfg, device=device, dtype=dtype)
+        logger.info("loaded %s on %s in %s", folder, device, dtype)
+        return cls(model, tokenizer, folder)
+
+    def save_pretrained(self, folder: str | os.PathLike, *, dtype: torch.dtype | None = None) -> Path:
+        """Write the official layout (config.json, index, safetensors, tokenizer files)."""
+        tensors = checkpoint_tensors(self.model)
+        if dtype is not None:
+            tensors = ((n, t.to(dtype)) for n, t in tensors)
+        return save_checkpoint(folder, tensors, self.config.to_dict(), self.folder)
+
+    @property
+    def device(self) -> torch.device:
+        return self.model.decoder.lm_head.weight.device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.model.decoder.lm_head.weight.dtype
+
+    # ----------------------------------------------------------------------- preprocessing
+    def prepare(self, image=None, prompt: str | None = None, mode: str | Mode = "gundam") -> PreparedInputs:
+        """Build the model inputs for one image (a path, bytes or PIL image) or none.
+
+        Args:
+            image: the page; None for a text-only prompt.
+            prompt: must contain `<image>` exactly once when an image is given (default: the
+                markdown-with-grounding prompt; for text only, required).
+            mode: "tiny", "small", "base", "large", "gundam", or a `Mode(...)`.
+        """
+        if prompt is None:
+            if image is None:
+                raise ValueError("a text-only call needs a prompt")
+            prompt = DEFAULT_PROMPT
+        if image is None:
+            return build_inputs(self.tokenizer, prompt, None, None)
+        mode = resolve_mode(mode)
+        views = make_views(load_image(image, max_pixels=self.max_pixels), mode)
+        return build_inputs(self.tokenizer, prompt, views, mode)
+
+    # ---------------------------------------------------------------------------- forward
+    @torch.inference_mode()
+    def encode_images(self, batch: Sequence[PreparedInputs]) -> list[torch.Tensor | None]:
+        """Vision rows `[n_i, hidden]` per input (None for text-only), batching equal view sizes."""
+        out: list[torch.Tensor | None] = [None] * len(batch)
+        groups: dict[tuple, list[int]] = {}
+        for i, inp in enumerate(batch):
+            if inp.has_image:
+                groups.setdefault(tuple(inp.global_view.shape[-2:]), []).append(i)
+        for idx in groups.values():
+            views = torch.cat([batch[i].global_view for i in idx]).to(self.device)
+            crops = [batch[i].crops.to(self.device) if batch[i].crops is not None else None for i in idx]
+            tiles = [tuple(batch[i].images_spatial_crop[0].tolist()) for i in idx]
+            for i, rows in zip(idx, self.model.vision(views, crops, tiles)):
+                out[i] = rows
+        return out
+
+    @torch.inference_mode()
+    def embed(self, inputs: PreparedInputs, image_rows: torch.Tensor | None = None) -> torch.Tensor:
+        """Input embeddings `[T, hidden]`: token embeddings with the vision rows in place."""
+        if image_rows is None and inputs.has_image:
+            image_rows = self.encode_images([inputs])[0]
+        ids = inputs.input_ids.to(self.device)
+        return self.model.merge_embeddings(ids, inputs.images_seq_mask.to(self.device), image_rows)
+
+    @torch.inference_mode()
+    def logits(self, inputs: PreparedInputs) -> torch.Tensor:
+        """Float32 prefill logits `[T, vocab]` at every prompt position."""
+        embeds = self.embed(inputs)[None]
+        positions = torch.arange(embeds.shape[1], device=self.device)[None]
+        return self.model.decoder(embeds, positions)[0]
+
+    # -------------------------------------------------------------------------- generation
+    def _as_inputs(self, inputs_or_image, prompt, mode) -> list[PreparedInputs]:
+        items = inputs_or_image if isinstance(inputs_or_image, (list, tuple)) else [inputs_or_image]
+        prompts = prompt if isinstance(prompt, (list, tuple)) else [prompt] * len(items)
+        if len(prompts) != len(items):
+            raise ValueError(f"{len(items)} inputs but {len(prompts)} prompts")
+        out = []
+        for item, p in zip(items, prompts):
+            if isinstance(item, PreparedInputs):
+                out.append(item)
+            else:
+                out.append(self.prepare(item, p, mode))
+        return out
+
+    def generate(self, inputs_or_image=None, prompt: str | Sequence[str] | None = None,
+                 mode: str | Mode = "gundam", **kwargs) -> GenerationResult | list[GenerationResult]:
+        """Generate text for one input or a batch.
+
+        Args:
+            inputs_or_image: a `PreparedInputs`, an image (path, bytes, PIL), None for a text-only
+                prompt, or a list of these (a batch; returns a list of results in order).
+            prompt: the prompt (or one per batch item).
+            mode: resolution mode for images.
+            **kwargs: see `deepseek_ocr.generation.generate.generate` (max_new_tokens,
+                temperature, top_p, top_k, seed, no_repeat_ngram_size, ngram_window,
+                ngram_whitelist, stop_on_repetition, ignore_eos).
+        """
+        batch = self._as_inputs(inputs_or_image, prompt, mode)
+        results = generate(self, batch, **kwargs)
+        return results if isinstance(inputs_or_image, (list, tuple)) else results[0]
+
+    def stream(self, inputs_or_image=None, prompt: str | None = None, mode: str | Mode = "gundam",
+               **kwargs) -> Iterator[str]:
+        """Like `generate` for one input, yielding text pieces as they are decoded."""
+        (inputs,) = self._as_inputs(inputs_or_image, prompt, mode)
+        return stream(self, inputs, **kwargs)

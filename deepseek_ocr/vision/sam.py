@@ -1,0 +1,200 @@
+"""SAM ViT-B image encoder with the neck and DeepSeek-OCR's 16x convolutional compressor.
+
+A view of side `S` becomes an `(S/16)^2` patch grid (64x64 at 1024), runs through 12 blocks
+(windowed 14x14 attention except the global blocks 2, 5, 8, 11) with decomposed relative
+positions, then the neck (768 -> 256) and two stride-2 convolutions (256 -> 512 -> 1024) that
+leave `(S/64)^2` tokens of 1024 channels: 16x16 for a 1024 view, 10x10 for a 640 tile.
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..config import SamConfig
+
+
+def resize_abs_pos(pos: torch.Tensor, grid: int) -> torch.Tensor:
+    """Resize the `[1, G, G, C]` absolute position table to `[1, grid, grid, C]`.
+
+    Bicubic with antialias in float32, as the official encoder does for inputs other than 1024.
+    """
+    if pos.shape[1] == grid:
+        return pos
+    x = pos.permute(0, 3, 1, 2).float()  # (1, C, G, G)
+    x = F.interpolate(x, size=(grid, grid), mode="bicubic", antialias=True, align_corners=False)
+    return x.to(pos.dtype).permute(0, 2, 3, 1)
+
+
+def get_rel_pos(q_size: int, k_size: int, rel_pos: torch.Tensor) -> torch.Tensor:
+    """Relative-position embeddings `[q_size, k_size, C]` for every (query, key) offset.
+
+    The table has `2*S-1` rows for the size `S` it was trained at; for another size it is
+    linearly resized to `2*max(q, k)-1` rows.
+    """
+    max_rel_dist = 2 * max(q_size, k_size) - 1
+    if rel_pos.shape[0] != max_rel_dist:
+        table = F.interpolate(rel_pos.reshape(1, rel_pos.shape[0], -1).permute(0, 2, 1),
+                              size=max_rel_dist, mode="linear")
+        table = table.reshape(-1, max_rel_dist).permute(1, 0)
+    else:
+        table = rel_pos
+    q_coords = torch.arange(q_size, device=rel_pos.device)[:, None] * max(k_size / q_size, 1.0)
+    k_coords = torch.arange(k_size, device=rel_pos.device)[None, :] * max(q_size / k_size, 1.0)
+    relative = (q_coords - k_coords) + (k_size - 1) * max(q_size / k_size, 1.0)
+    return table[relative.long()]
+
+
+def rel_pos_bias(q: torch.Tensor, rel_pos_h: torch.Tensor, rel_pos_w: torch.Tensor,
+                 hw: tuple[int, int]) -> torch.Tensor:
+    """Decomposed relative-position bias `[B, h*w, h*w]` from the *unscaled* query `[B, h*w, C]`."""
+    h, w = hw
+    r_h = get_rel_pos(h, h, rel_pos_h)  # (h, h, C)
+    r_w = get_rel_pos(w, w, rel_pos_w)  # (w, w, C)
+    b, _, c = q.shape
+    r_q = q.reshape(b, h, w, c)
+    bias_h = torch.einsum("bhwc,hkc->bhwk", r_q, r_h)  # (B, h, w, kh)
+    bias_w = torch.einsum("bhwc,wkc->bhwk", r_q, r_w)  # (B, h, w, kw)
+    bias = bias_h[:, :, :, :, None] + bias_w[:, :, :, None, :]  # (B, h, w, kh, kw)
+    return bias.reshape(b, h * w, h * w)
+
+
+def window_partition(x: torch.Tensor, window: int) -> tuple[torch.Tensor, tuple[int, int]]:
+    """Split `[B, H, W, C]` into `[B*nw, window, window, C]`, zero-padding H, W to multiples."""
+    b, h, w, c = x.shape
+    pad_h, pad_w = (window - h % window) % window, (window - w % window) % window
+    if pad_h or pad_w:
+        x = F.pad(x, (0, 0, 0, pad_w, 0, pad_h))
+    hp, wp = h + pad_h, w + pad_w
+    x = x.view(b, hp // window, window, wp // window, window, c)
+    return x.permute(0, 1, 3, 2, 4, 5).reshape(-1, window, window, c), (hp, wp)
+
+
+def window_unpartition(windows: torch.Tensor, window: int, padded: tuple[int, int],
+                       hw: tuple[int, int]) -> torch.Tensor:
+    """Inverse of `window_partition`: back to `[B, H, W, C]`, dropping the padding."""
+    hp, wp = padded
+    h, w = hw
+    b = windows.shape[0] // ((hp // window) * (wp // window))
+    x = windows.view(b, hp // window, wp // window, window, window, -1)
+    x = x.permute(0, 1, 3, 2, 4, 5).reshape(b, hp, wp, -1)
+    return x[:, :h, :w, :].contiguous()
+
+
+class SamAttention(nn.Module):
+    def __init__(self, dim: int, heads: int, rel_size: int):
+        super().__init__()
+        self.heads = heads
+        self.head_dim = dim // heads
+        self.qkv = nn.Linear(dim, 3 * dim)
+        self.proj = nn.Linear(dim, dim)
+        self.rel_pos_h = nn.Parameter(torch.zeros(2 * rel_size - 1, self.head_dim))
+        self.rel_pos_w = nn.Parameter(torch.zeros(2 * rel_size - 1, self.head_dim))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        b, h, w, _ = x.shape
+        n = h * w
+        qkv = self.qkv(x).reshape(b, n, 3, self.heads, self.head_dim).permute(2, 0, 3, 1, 4)
+        q, k, v = qkv.reshape(3, b * self.heads, n, self.head_dim).unbind(0)  # (B*nh, N, hd)
+        bias = rel_pos_bias(q, self.rel_pos_h, self.rel_pos_w, (h, w))  # (B*nh, N, N)
+        bias = bias.view(b, self.heads, n, n)
+        q, k, v = (t.view(b, self.heads, n, self.head_dim) for t in (q, k, v))
+        out = F.scaled_dot_product_attention(q, k, v, attn_mask=bias)  # (B, nh, N, hd)
+        out = out.transpose(1, 2).reshape(b, h, w, -1)
+        return self.proj(out)
+
+
+class SamMLP(nn.Module):
+    def __init__(self, dim: int, hidden: int):
+        super().__init__()
+        self.lin1 = nn.Linear(dim, hidden)
+        self.lin2 = nn.Linear(hidden, dim)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.lin2(F.gelu(self.lin1(x)))
+
+
+class SamBlock(nn.Module):
+    def __init__(self, cfg: SamConfig, window: int):
+        super().__init__()
+        self.window = window  # 0 = global attention
+        rel_size = window if window else cfg.pretrain_grid
+        self.norm1 = nn.LayerNorm(cfg.width, eps=cfg.eps)
+        self.attn = SamAttention(cfg.width, cfg.heads, rel_size)
+        self.norm2 = nn.LayerNorm(cfg.width, eps=cfg.eps)
+        self.mlp = SamMLP(cfg.width, cfg.mlp_dim)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:  # (B, H, W, C)
+        shortcut = x
+        x = self.norm1(x)
+        if self.window:
+            hw = x.shape[1], x.shape[2]
+            x, padded = window_partition(x, self.window)
+            x = self.attn(x)
+            x = window_unpartition(x, self.window, padded, hw)
+        else:
+            x = self.attn(x)
+        x = shortcut + x
+        return x + self.mlp(self.norm2(x))
+
+
+class LayerNorm2d(nn.Module):
+    """LayerNorm over the channels of a `[B, C, H, W]` map."""
+
+    def __init__(self, channels: int, eps: float):
+        super().__init__()
+        self.weight = nn.Parameter(torch.ones(channels))
+        self.bias = nn.Parameter(torch.zeros(channels))
+        self.eps = eps
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        mean = x.mean(1, keepdim=True)
+        var = (x - mean).pow(2).mean(1, keepdim=True)
+        x = (x - mean) / torch.sqrt(var + self.eps)
+        return self.weight[:, None, None] * x + self.bias[:, None, None]
+
+
+class PatchEmbed(nn.Module):
+    def __init__(self, cfg: SamConfig):
+        super().__init__()
+        self.proj = nn.Conv2d(3, cfg.width, kernel_size=cfg.patch_size, stride=cfg.patch_size)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.proj(x).permute(0, 2, 3, 1)  # (B, H/16, W/16, C)
+
+
+class SamEncoder(nn.Module):
+    """Pixels `[B, 3, S, S]` -> compressed map `[B, 1024, S/64, S/64]`."""
+
+    def __init__(self, cfg: SamConfig):
+        super().__init__()
+        self.cfg = cfg
+        g = cfg.pretrain_grid
+        self.patch_embed = PatchEmbed(cfg)
+        self.pos_embed = nn.Parameter(torch.zeros(1, g, g, cfg.width))
+        self.blocks = nn.ModuleList(
+            SamBlock(cfg, 0 if i in cfg.global_attn_indexes else cfg.window_size)
+            for i in range(cfg.depth))
+        n = cfg.neck_channels
+        self.neck = nn.Sequential(
+            nn.Conv2d(cfg.width, n, kernel_size=1, bias=False), LayerNorm2d(n, cfg.eps),
+            nn.Conv2d(n, n, kernel_size=3, padding=1, bias=False), LayerNorm2d(n, cfg.eps))
+        c1, c2 = cfg.downsample_channels
+        self.net_2 = nn.Conv2d(n, c1, kernel_size=3, stride=2, padding=1, bias=False)
+        self.net_3 = nn.Conv2d(c1, c2, kernel_size=3, stride=2, padding=1, bias=False)
+
+    def forward(self, pixels: torch.Tensor, taps: dict | None = None) -> torch.Tensor:
+        """Args:
+            pixels: `[B, 3, S, S]` normalized to [-1, 1].
+            taps: optional dict filled with intermediate tensors (for stage-by-stage checks).
+        """
+        x = self.patch_embed(pixels)
+        x = x + resize_abs_pos(self.pos_embed, x.shape[1])
+        for i, block in enumerate(self.blocks):
+            x = block(x)
+            if taps is not None:
+                taps[f"sam_block{i}"] = x
+        x = self.neck(x.permute(0, 3, 1, 2))  # (B, 256, H, W)
+        if taps is not None:
+            taps["sam_neck"] = x
+        return self.net_3(self.net_2(x))
