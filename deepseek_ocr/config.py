@@ -161,7 +161,7 @@ class ModelConfig:
             )
         except (TypeError, ValueError) as err:
             raise ConfigError(f"{source}: a language field has the wrong type: {err}") from err
-        if decoder.hidden_size % decoder.num_heads:
+        if decoder.num_heads <= 0 or decoder.hidden_size % decoder.num_heads:
             raise ConfigError(f"{source}: hidden_size {decoder.hidden_size} is not divisible by "
                               f"num_attention_heads {decoder.num_heads}")
         if decoder.num_kv_heads != decoder.num_heads:
@@ -175,31 +175,41 @@ class ModelConfig:
         vision = cfg.get("vision_config") or {}
         widths = vision.get("width") if isinstance(vision, dict) else None
         if isinstance(widths, dict):
-            s = widths.get("sam_vit_b") or {}
-            c = widths.get("clip-l-14-224") or {}
-            sam = SamConfig(
-                image_size=int(vision.get("image_size", sam.image_size)),
-                width=int(s.get("width", sam.width)),
-                depth=int(s.get("layers", sam.depth)),
-                heads=int(s.get("heads", sam.heads)),
-                global_attn_indexes=tuple(s.get("global_attn_indexes", sam.global_attn_indexes)),
-                downsample_channels=tuple(s.get("downsample_channels", sam.downsample_channels)),
-            )
-            clip = ClipConfig(
-                width=int(c.get("width", clip.width)),
-                depth=int(c.get("layers", clip.depth)),
-                heads=int(c.get("heads", clip.heads)),
-                image_size=int(c.get("image_size", clip.image_size)),
-                patch_size=int(c.get("patch_size", clip.patch_size)),
-            )
+            try:
+                s = widths.get("sam_vit_b") or {}
+                c = widths.get("clip-l-14-224") or {}
+                sam = SamConfig(
+                    image_size=int(vision.get("image_size", sam.image_size)),
+                    width=int(s.get("width", sam.width)),
+                    depth=int(s.get("layers", sam.depth)),
+                    heads=int(s.get("heads", sam.heads)),
+                    global_attn_indexes=tuple(int(i) for i in s.get("global_attn_indexes",
+                                                                   sam.global_attn_indexes)),
+                    downsample_channels=tuple(int(i) for i in s.get("downsample_channels",
+                                                                   sam.downsample_channels)),
+                )
+                clip = ClipConfig(
+                    width=int(c.get("width", clip.width)),
+                    depth=int(c.get("layers", clip.depth)),
+                    heads=int(c.get("heads", clip.heads)),
+                    image_size=int(c.get("image_size", clip.image_size)),
+                    patch_size=int(c.get("patch_size", clip.patch_size)),
+                )
+            except (AttributeError, TypeError, ValueError) as err:
+                raise ConfigError(f"{source}: a vision_config field has the wrong type: {err}") from err
         proj = cfg.get("projector_config") or {}
+        if not isinstance(proj, dict):
+            raise ConfigError(f"{source}: projector_config must be an object")
         projector_type = proj.get("projector_type", "linear")
         if projector_type != "linear":
             raise ConfigError(f"{source}: projector_type {projector_type!r} is not implemented")
-        n_embed = int(proj.get("n_embed", decoder.hidden_size))
+        try:
+            n_embed = int(proj.get("n_embed", decoder.hidden_size))
+            input_dim = int(proj.get("input_dim", clip.width + sam.downsample_channels[-1]))
+        except (IndexError, TypeError, ValueError) as err:
+            raise ConfigError(f"{source}: a projector_config field has the wrong type: {err}") from err
         if n_embed != decoder.hidden_size:
             raise ConfigError(f"{source}: projector n_embed {n_embed} != hidden_size {decoder.hidden_size}")
-        input_dim = int(proj.get("input_dim", clip.width + sam.downsample_channels[-1]))
         if input_dim != clip.width + sam.downsample_channels[-1]:
             raise ConfigError(f"{source}: projector input_dim {input_dim} != CLIP width + SAM channels "
                               f"({clip.width} + {sam.downsample_channels[-1]})")
@@ -229,6 +239,8 @@ class ModelConfig:
             "intermediate_size": d.intermediate_size, "kv_lora_rank": None, "lm_head": True,
             "max_position_embeddings": d.max_position_embeddings,
             "moe_intermediate_size": d.moe_intermediate_size, "n_group": 1,
+            "norm_topk_prob": d.norm_topk_prob, "routed_scaling_factor": d.routed_scaling_factor,
+            "rope_theta": d.rope_theta, "rms_norm_eps": d.rms_norm_eps,
             "n_routed_experts": d.n_routed_experts, "n_shared_experts": d.n_shared_experts,
             "num_attention_heads": d.num_heads, "num_experts_per_tok": d.num_experts_per_tok,
             "num_hidden_layers": d.num_layers, "num_key_value_heads": d.num_kv_heads,

@@ -136,11 +136,16 @@ class DeepseekOCR:
     # ---------------------------------------------------------------------------- forward
     @torch.inference_mode()
     def encode_images(self, batch: Sequence[PreparedInputs]) -> list[torch.Tensor | None]:
-        """Vision rows `[n_i, hidden]` per input (None for text-only), batching equal view sizes."""
+        """Vision rows `[n_i, hidden]` per input (None for text-only), batching equal view sizes.
+
+        Inputs that carry `vision_rows` already are not encoded again.
+        """
         out: list[torch.Tensor | None] = [None] * len(batch)
         groups: dict[tuple, list[int]] = {}
         for i, inp in enumerate(batch):
-            if inp.has_image:
+            if inp.vision_rows is not None:
+                out[i] = inp.vision_rows.to(device=self.device, dtype=self.dtype)
+            elif inp.has_image:
                 groups.setdefault(tuple(inp.global_view.shape[-2:]), []).append(i)
         for idx in groups.values():
             views = torch.cat([batch[i].global_view for i in idx]).to(self.device)

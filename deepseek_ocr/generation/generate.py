@@ -36,7 +36,8 @@ class GenerationResult:
     """The outcome for one sequence.
 
     Attributes:
-        text: decoded output (special tokens such as `<|ref|>` kept; EOS not included).
+        text: decoded output, stripped of surrounding whitespace as the official `infer` does
+            (special tokens such as `<|ref|>` kept; EOS not included).
         token_ids: generated ids (EOS not included).
         finish_reason: "stop" (EOS), "length" (max_new_tokens), "repetition" (a loop was
             detected and stopped), or "error" (NaN/Inf logits; see `error`).
@@ -50,6 +51,7 @@ class GenerationResult:
     vision_tokens: int
     valid_vision_tokens: int
     error: str | None = None
+    raw_text: str = ""  # the decoded ids exactly, before stripping (what `stream` yields)
     extras: dict = field(default_factory=dict)
 
     @property
@@ -207,11 +209,15 @@ def generate(ocr: "DeepseekOCR", batch: Sequence["PreparedInputs"], **kwargs) ->
             if step_reasons[i] != "stop":
                 tokens[i].append(ids[i])
             reasons[i] = step_reasons[i]
-    return [GenerationResult(text=ocr.tokenizer.decode(tokens[i]), token_ids=tokens[i],
-                             finish_reason=reasons[i] or "length", prompt_tokens=inp.num_tokens,
-                             vision_tokens=inp.num_vision_tokens,
-                             valid_vision_tokens=inp.valid_vision_tokens, error=errors[i])
-            for i, inp in enumerate(batch)]
+    return [_result(ocr, inp, tokens[i], reasons[i], errors[i]) for i, inp in enumerate(batch)]
+
+
+def _result(ocr: "DeepseekOCR", inp: "PreparedInputs", ids: list[int], reason: str | None,
+            error: str | None) -> GenerationResult:
+    raw = ocr.tokenizer.decode(ids)
+    return GenerationResult(text=raw.strip(), token_ids=ids, finish_reason=reason or "length",
+                            prompt_tokens=inp.num_tokens, vision_tokens=inp.num_vision_tokens,
+                            valid_vision_tokens=inp.valid_vision_tokens, error=error, raw_text=raw)
 
 
 class TextStream:
@@ -245,11 +251,7 @@ class TextStream:
         tail = detok.flush()
         if tail:
             yield tail
-        inp = self._inputs
-        self.result = GenerationResult(text=self._ocr.tokenizer.decode(detok.ids), token_ids=detok.ids,
-                                       finish_reason=reason or "length", prompt_tokens=inp.num_tokens,
-                                       vision_tokens=inp.num_vision_tokens,
-                                       valid_vision_tokens=inp.valid_vision_tokens, error=error)
+        self.result = _result(self._ocr, self._inputs, list(detok.ids), reason, error)
 
 
 def stream(ocr: "DeepseekOCR", inputs: "PreparedInputs", **kwargs) -> TextStream:

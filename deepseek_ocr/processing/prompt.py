@@ -48,6 +48,10 @@ class PreparedInputs:
     mode: Mode | None = None
     original_size: tuple[int, int] | None = None
     valid_vision_tokens: int = 0
+    # Optional precomputed vision rows `[num_vision_tokens, hidden]` (from
+    # `DeepseekOCR.encode_images`): when set, embed/logits/generate reuse them instead of running
+    # the vision tower again (useful when the same page is decoded several ways).
+    vision_rows: torch.Tensor | None = None
     extras: dict = field(default_factory=dict)
 
     @property

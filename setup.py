@@ -1,0 +1,21 @@
+from setuptools import find_packages, setup
+
+setup(
+    name="deepseek-ocr",
+    version="0.1.0",
+    description="A pure-PyTorch DeepSeek-OCR that loads the official checkpoint and reproduces its outputs",
+    long_description=open("README.md", encoding="utf-8").read(),
+    long_description_content_type="text/markdown",
+    python_requires=">=3.10",
+    packages=find_packages(include=["deepseek_ocr", "deepseek_ocr.*"]),
+    package_data={"deepseek_ocr": ["assets/tokenizer/*.json"]},
+    install_requires=[
+        "torch>=2.4",
+        "safetensors>=0.4",
+        "tokenizers>=0.19",
+        "huggingface_hub>=0.23",
+        "pillow>=10",
+        "numpy>=1.24",
+    ],
+    extras_require={"test": ["pytest>=8"]},
+)

@@ -1,0 +1,88 @@
+"""Shared fixtures: the golden parity data and the 3-layer random checkpoint it was made on.
+
+`../shared` (beside the repository) holds the recorded official outputs. Outside this
+project's CI it may be absent: then the tests that need it skip, saying why. In CI (`CI` set)
+its absence is an error, never a skip.
+"""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+REPO = Path(__file__).resolve().parent.parent
+SHARED = Path(os.environ.get("DEEPSEEK_OCR_SHARED", REPO.parent / "shared"))
+PARITY = SHARED / "parity"
+SMALL_ARGS = ["--layers", "3", "--experts", "8", "--topk", "6"]
+
+
+def need_shared() -> Path:
+    if not (PARITY / "golden_small.safetensors").is_file():
+        msg = f"the shared parity data is not at {SHARED} (set DEEPSEEK_OCR_SHARED to its folder)"
+        if os.environ.get("CI"):
+            pytest.fail(msg + "; CI must run with ../shared present")
+        pytest.skip(msg)
+    return SHARED
+
+
+def verify_checksums(folder: Path, reference: Path) -> None:
+    """Every tensor's float64 sum and abs-sum must equal the recorded ones exactly."""
+    from safetensors import safe_open
+    expected = json.loads(reference.read_text())
+    with safe_open(str(folder / "model-00001-of-000001.safetensors"), "pt") as f:
+        names = set(f.keys())
+        assert names == set(expected), "the checkpoint's tensor names differ from the recorded ones"
+        for name in sorted(names):
+            t = f.get_tensor(name).double()
+            got = [float(t.sum()), float(t.abs().sum())]
+            assert got == expected[name], (f"{name}: checksum {got} != recorded {expected[name]}: this "
+                                           "torch draws different random numbers (use torch 2.13.0)")
+
+
+@pytest.fixture(scope="session")
+def shared_dir() -> Path:
+    return need_shared()
+
+
+@pytest.fixture(scope="session")
+def small_checkpoint(tmp_path_factory) -> Path:
+    """The golden run's checkpoint, made with the shared generator and checked against its sums.
+
+    Set DEEPSEEK_OCR_SMALL_CKPT to a folder made the same way to skip the ~30 s rebuild
+    (its checksums are still verified).
+    """
+    shared = need_shared()
+    reuse = os.environ.get("DEEPSEEK_OCR_SMALL_CKPT")
+    if reuse and (Path(reuse) / "config.json").is_file():
+        folder = Path(reuse)
+    else:
+        folder = tmp_path_factory.mktemp("small_ckpt")
+        subprocess.run([sys.executable, str(shared / "parity" / "make_checkpoint.py"), str(folder),
+                        *SMALL_ARGS], check=True, capture_output=True)
+    verify_checksums(folder, shared / "parity" / "checksums_small.json")
+    return folder
+
+
+@pytest.fixture(scope="session")
+def small_model(small_checkpoint):
+    """The 3-layer checkpoint loaded in float32 on the CPU (as the golden run was)."""
+    from deepseek_ocr import DeepseekOCR
+    return DeepseekOCR.from_pretrained(small_checkpoint, device="cpu", dtype=torch.float32)
+
+
+@pytest.fixture(scope="session")
+def golden(shared_dir):
+    from safetensors import safe_open
+    f = safe_open(str(shared_dir / "parity" / "golden_small.safetensors"), "pt")
+    return f, json.loads(f.metadata()["cases"])
+
+
+@pytest.fixture(scope="session")
+def golden_stages(shared_dir):
+    from safetensors import safe_open
+    return safe_open(str(shared_dir / "parity" / "golden_stages.safetensors"), "pt")
