@@ -62,7 +62,9 @@ def shard_files(folder: Path) -> list[Path]:
         try:
             weight_map = json.loads(index.read_text(encoding="utf-8"))["weight_map"]
             names = sorted(set(weight_map.values()))
-        except (OSError, ValueError, KeyError, TypeError) as err:
+            if not all(isinstance(n, str) and Path(n).name == n for n in names):
+                raise ValueError(f"shard names must be file names inside the folder, found {names}")
+        except (OSError, ValueError, KeyError, TypeError, AttributeError) as err:
             raise WeightsError(f"{index}: malformed index: {err}") from err
         files = [folder / n for n in names]
         missing = [str(f) for f in files if not f.is_file()]
