@@ -19,7 +19,7 @@ MARGIN = 1e-3
 
 
 def rel_err(ours: torch.Tensor, ref: torch.Tensor) -> float:
-    ours, ref = ours.double(), ref.double()
+    ours, ref = ours.detach().cpu().double(), ref.cpu().double()
     return float((ours - ref).norm() / ref.norm())
 
 
@@ -39,7 +39,9 @@ def prepared(small_model, golden, shared_dir):
         taps: dict = {}
         with torch.inference_mode():
             tiles = tuple(inp.images_spatial_crop[0].tolist())
-            inp.vision_rows = small_model.model.vision(inp.global_view, [inp.crops], [tiles], taps)[0]
+            dev = small_model.device
+            inp.vision_rows = small_model.model.vision(inp.global_view.to(dev), [inp.crops.to(dev)],
+                                                       [tiles], taps)[0]
         out[name] = (inp, taps)
     return out
 
@@ -76,7 +78,7 @@ def test_embeddings_and_prefill_logits(name, prepared, golden, small_model):
     assert logits.dtype == torch.float32 and logits.shape == (inp.num_tokens, small_model.config.decoder.vocab_size)
     assert rel_err(logits[-1], f.get_tensor(f"{name}.prefill_last_logits")) <= REL_TOL
     ref_argmax = f.get_tensor(f"{name}.prefill_argmax")
-    agree = (logits.argmax(-1) == ref_argmax).float().mean().item()
+    agree = (logits.argmax(-1).cpu() == ref_argmax).float().mean().item()
     assert agree >= 0.99, f"prefill argmax agrees at only {agree:.3f} of positions"
 
 
@@ -128,9 +130,10 @@ def test_decoder_layers_and_routing(prepared, golden_stages, small_model):
         taps: dict = {}
         embeds = small_model.embed(inp)
         with torch.inference_mode():
-            small_model.model.decoder(embeds[None], torch.arange(embeds.shape[0])[None], taps=taps)
-        ids, order = taps["layer1_topk_ids"].sort(dim=-1)  # (T, k): the official records ids ascending
-        weights = taps["layer1_topk_weights"].gather(-1, order)
+            positions = torch.arange(embeds.shape[0], device=embeds.device)[None]
+            small_model.model.decoder(embeds[None], positions, taps=taps)
+        ids, order = taps["layer1_topk_ids"].cpu().sort(dim=-1)  # (T, k): the official records ids ascending
+        weights = taps["layer1_topk_weights"].cpu().gather(-1, order)
         assert torch.equal(ids, golden_stages.get_tensor(f"{name}.layer1_topk_ids_sorted"))
         assert rel_err(weights, golden_stages.get_tensor(f"{name}.layer1_topk_weights_by_sorted_id")) <= REL_TOL
         if name == "tiny_receipt":
