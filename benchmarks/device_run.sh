@@ -3,6 +3,10 @@
 # Needs a copy of ../shared at .shared/ (carried; ../shared does not travel to the device).
 set -u
 export PYTHONUNBUFFERED=1 PYTHONPATH=$PWD
+# The recorded pixel hashes were made with Pillow 13.0 (its bicubic resize); carry that wheel in .whl/.
+if ls .whl/pillow-*.whl >/dev/null 2>&1; then
+  python -m pip install -q --no-index --no-deps --target /tmp/site .whl/pillow-*.whl && export PYTHONPATH=/tmp/site:$PYTHONPATH
+fi
 OUT=${OUT:-/tmp/out}; mkdir -p "$OUT"
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv | tee "$OUT/device.txt"
 python -c "import torch, triton, PIL; print('torch', torch.__version__, 'triton', triton.__version__, 'pillow', PIL.__version__)" | tee -a "$OUT/device.txt"
