@@ -14,7 +14,7 @@ setup(
         "safetensors>=0.4",
         "tokenizers>=0.19",
         "huggingface_hub>=0.23",
-        "pillow>=10",
+        "pillow>=13",  # bit-exact pixel parity: older bicubic resampling gives other bf16 pixels
         "numpy>=1.24",
     ],
     extras_require={"test": ["pytest>=8"]},
