@@ -36,7 +36,7 @@ from safetensors.torch import save_file
 
 from deepseek_ocr import DeepseekOCR
 from deepseek_ocr.config import ModelConfig
-from deepseek_ocr.errors import DeepseekOCRError, WeightsError
+from deepseek_ocr.errors import WeightsError
 from deepseek_ocr.modeling import DeepseekOCRModel
 from deepseek_ocr.weights.loading import DEFAULT_REPO, check_tensors, resolve_checkpoint, shard_files
 from deepseek_ocr.weights.names import (Slot, checkpoint_name, checkpoint_tensors, expected_tensors,
@@ -629,6 +629,3 @@ def test_peak_memory_of_a_bf16_load_stays_near_one_copy_of_the_weights(small_che
     assert anon_growth <= 1.5 * file_mib + allowance_mib, report
     assert rss_growth <= 2.5 * file_mib + allowance_mib, report
 
-
-def test_library_errors_share_one_base_class():
-    assert issubclass(WeightsError, DeepseekOCRError)

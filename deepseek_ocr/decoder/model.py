@@ -50,10 +50,11 @@ class Decoder(nn.Module):
         self.norm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
         self.lm_head = nn.Linear(cfg.hidden_size, cfg.vocab_size, bias=False)
 
-    def new_cache(self, batch: int, max_len: int) -> KVCache:
+    def new_cache(self, batch: int, max_len: int, capacity: int | None = None) -> KVCache:
+        """A cache for up to `max_len` positions, allocated for `capacity` (grows on demand)."""
         w = self.lm_head.weight
         return KVCache(self.cfg.num_layers, batch, self.cfg.num_heads, self.cfg.head_dim, max_len,
-                       dtype=w.dtype, device=w.device)
+                       dtype=w.dtype, device=w.device, capacity=capacity)
 
     def forward(self, embeds: torch.Tensor, positions: torch.Tensor, cache: KVCache | None = None,
                 valid: torch.Tensor | None = None, taps: dict | None = None,

@@ -136,7 +136,7 @@ def decode_steps(ocr: "DeepseekOCR", batch: Sequence["PreparedInputs"], opts: _O
             x[i, longest - e.shape[0]:] = e
             valid[i, longest - e.shape[0]:] = True
         positions = (valid.long().cumsum(-1) - 1).clamp(min=0)
-        cache = model.decoder.new_cache(b, longest + budget)
+        cache = model.decoder.new_cache(b, longest + budget, capacity=longest + min(budget, 512))
         logits = model.decoder(x, positions, cache, valid, last_only=True)[:, 0]
         next_pos = positions[:, -1] + 1
 
