@@ -135,7 +135,9 @@ def load_model(folder: Path, cfg: ModelConfig, *, device: torch.device, dtype: t
         for name, tensor in load_tensors(f, names):
             slot = slot_for(name, inter)
             if slot.expert is None:
-                _set_param(model, slot.param, tensor.to(device=device, dtype=dtype, copy=True))
+                # The reader's tensor is freshly allocated: converting in place of copying keeps
+                # one copy of each weight (none at all when dtype and device already match).
+                _set_param(model, slot.param, tensor.to(device=device, dtype=dtype))
                 continue
             target = stacked[slot.param][slot.expert]
             if slot.rows is not None:

@@ -8,7 +8,8 @@ UTF-8 JSON mapping each tensor name to ``{"dtype", "shape", "data_offsets": [sta
 `read_header` checks every claim the header makes against the file's real size before anything
 is read or allocated, so a hostile or damaged file fails with a `WeightsError` naming the file
 instead of an out-of-memory kill or a cryptic error deep inside the model. `load_tensors` then
-hands the reading itself to the `safetensors` library, one tensor at a time.
+reads the validated byte ranges one tensor at a time into memory the tensor owns (no memory
+map, so a load holds one copy of the weights, not the file's pages on top).
 
 Pickle checkpoints are refused outright (`refuse_pickles`): unpickling runs arbitrary code.
 """
@@ -25,7 +26,6 @@ from pathlib import Path
 from typing import Any, Iterable, Iterator
 
 import torch
-from safetensors import SafetensorError, safe_open
 
 from deepseek_ocr.errors import WeightsError
 
@@ -250,27 +250,47 @@ def load_tensors(
 
 def _iter_tensors(path: Path, header: SafetensorsHeader, wanted: list[str],
                   device: str) -> Iterator[tuple[str, torch.Tensor]]:
-    """The lazy half of `load_tensors`: open the file and read tensors on demand."""
+    """The lazy half of `load_tensors`: read tensors on demand into memory they own.
+
+    Plain reads into a fresh tensor rather than the `safetensors` library's memory map: a map
+    keeps every page it touched resident in the process, so loading a checkpoint would peak at
+    the file's size on top of the copies the model keeps (measured: 2x the file in ru_maxrss).
+    Reading through the validated header costs one copy and no more.
+    """
     try:
-        handle = safe_open(str(path), framework="pt", device=device)
-    except (SafetensorError, OSError, RuntimeError, ValueError) as err:
-        raise WeightsError(f"{path}: safetensors could not open the file: {err}") from err
+        handle = open(path, "rb", buffering=0)
+    except OSError as err:
+        raise WeightsError(f"{path}: cannot open the file: {err}") from err
     # The yield stays outside the try blocks so an exception thrown into this generator by its
     # consumer is never mistaken for, or rewrapped as, a file error.
     with handle:
         for name in wanted:
             entry = header.tensors[name]
+            tensor = torch.empty(entry.shape, dtype=entry.dtype)
+            start, end = entry.file_range
             try:
-                tensor = handle.get_tensor(name)
-            except (SafetensorError, OSError, RuntimeError, ValueError) as err:
-                raise WeightsError(
-                    f"{path}: safetensors could not read tensor {name!r}: {err}") from err
-            # Guards against the file being replaced between validation and reading.
-            if tensor.dtype != entry.dtype or tuple(tensor.shape) != entry.shape:
-                raise WeightsError(
-                    f"{path}: tensor {name!r} read as {tensor.dtype} {tuple(tensor.shape)}, "
-                    f"header declared {entry.dtype} {entry.shape} (file changed while loading?)")
+                _read_exact(handle, start, end - start, tensor)
+            except OSError as err:
+                raise WeightsError(f"{path}: could not read tensor {name!r}: {err}") from err
+            if device != "cpu":
+                tensor = tensor.to(device)
             yield name, tensor
+
+
+def _read_exact(handle, offset: int, size: int, tensor: torch.Tensor) -> None:
+    """Fill `tensor`'s bytes from `offset`; a short read (file changed or truncated) is an error."""
+    if size == 0:
+        return
+    view = memoryview(tensor.reshape(-1).view(torch.uint8).numpy())
+    if len(view) != size:
+        raise OSError(f"header declares {size} bytes, the tensor holds {len(view)}")
+    handle.seek(offset)
+    done = 0
+    while done < size:
+        n = handle.readinto(view[done:])
+        if not n:
+            raise OSError(f"file ended after {done} of {size} bytes (changed while loading?)")
+        done += n
 
 
 def refuse_pickles(folder: str | os.PathLike[str]) -> None:
