@@ -34,10 +34,11 @@ def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.T
 
 
 def attention_mask(cache: KVCache, q_start: int, q_len: int) -> torch.Tensor:
-    """Boolean `[B, 1, q_len, kv_len]`: causal, padding slots hidden.
+    """Boolean `[B, 1, q_len, kv_len]`: causal, with padding slots hidden.
 
-    A padded query slot sees only itself, so its softmax row is never empty (its output is
-    never used, but a NaN there would poison nothing only as long as it stays unused).
+    Every query may also see its own slot: a left-padding query would otherwise see no key at
+    all, and an all-masked softmax row is NaN. Its output is never read, but keeping it finite
+    keeps the NaN/Inf checks on real rows meaningful, at no cost.
     """
     kv_len = q_start + q_len
     device = cache.key_valid.device

@@ -108,9 +108,11 @@ def _processors(ocr: "DeepseekOCR", opts: _Options) -> list:
 
 def decode_steps(ocr: "DeepseekOCR", batch: Sequence["PreparedInputs"], opts: _Options
                  ) -> Iterator[tuple[list[int], list[str | None], list[str | None]]]:
-    """Yield, per step, (token per row, finish reason per row or None, error per row or None).
+    """Yield, per step, (token per row, reason ending each row at this step, error per row).
 
-    A row's token is only meaningful while it has no finish reason from an earlier step.
+    A row's token is meaningful only while the row is still generating. A row that ends at this
+    step with "stop" produced EOS (not part of the output); with "length" or "repetition" its
+    token is the last one of the output. A row with an error at this step produced no token.
     """
     model, tok = ocr.model, ocr.tokenizer
     budget = _check_budget(batch, opts, model.cfg.decoder.max_position_embeddings)
@@ -154,26 +156,24 @@ def decode_steps(ocr: "DeepseekOCR", batch: Sequence["PreparedInputs"], opts: _O
             ids = select_next_tokens(logits, temperature=opts.temperature, top_k=opts.top_k,
                                      top_p=opts.top_p, generator=generator)
             ids_list = ids.tolist()
-            active = [f is None for f in finished]
-            reasons: list[str | None] = list(finished)
+            active = [f is None for f in finished]  # rows still generating at this step
+            ending: list[str | None] = [None] * b  # reasons that become final at this step
             for i in range(b):
                 if not active[i]:
                     continue
                 if ids_list[i] == tok.eos_id and not opts.ignore_eos:
-                    reasons[i] = "stop"
+                    ending[i] = "stop"
                 elif step + 1 == budget:
-                    reasons[i] = "length"
+                    ending[i] = "length"
             for p in procs:
                 p.append(ids_list, active)
             if detector is not None:
                 loops = detector.append(ids_list, active)
                 for i in range(b):
-                    if active[i] and reasons[i] is None and loops[i]:
-                        reasons[i] = "repetition"
-            # report this step, with reasons that became final at this step
-            yield ids_list, [r if (r is not None and active[i]) or errors[i] else None
-                             for i, r in enumerate(reasons)], errors
-            finished = reasons
+                    if active[i] and ending[i] is None and loops[i]:
+                        ending[i] = "repetition"
+            yield ids_list, ending, errors
+            finished = [f if f is not None else e for f, e in zip(finished, ending)]
             if all(f is not None for f in finished):
                 return
             feed = torch.tensor([t if a else tok.pad_id for t, a in zip(ids_list, active)],
