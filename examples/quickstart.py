@@ -35,7 +35,7 @@ def example_page(path: Path) -> Path:
         for c in range(3):
             x, y = 60 + 240 * c, 280 + 50 * r
             d.rectangle((x, y, x + 240, y + 50), outline="black")
-            d.text((x + 10, y + 14), "Region" if r == 0 else f"{(r * 37 + c * 11) % 97}.{c}",
+            d.text((x + 10, y + 14), ("Region", "Q1", "Q2")[c] if r == 0 else f"{(r * 37 + c * 11) % 97}.{c}",
                    fill="black", font_size=18)
     img.save(path)
     return path

@@ -178,3 +178,22 @@ def test_prompt_errors_through_the_api(small_model, shared_dir):
         small_model.prepare(shared_dir / "images/receipt_small.jpg", "Free OCR.", mode="tiny")
     with pytest.raises(PromptError):
         small_model.prepare(shared_dir / "images/receipt_small.jpg", "<image><image>", mode="tiny")
+
+
+def test_custom_modes_run_end_to_end(small_model):
+    """Other grids than the pretrained ones: SAM's absolute and relative positions and CLIP's
+    position table are interpolated, windows padded (16 -> 28, 8 -> 14), tiles laid out; the
+    vision rows must line up one to one with the prompt's <image> ids."""
+    from PIL import Image
+
+    from deepseek_ocr import Mode
+    img = Image.new("RGB", (600, 300), (250, 250, 250))
+    for mode in (Mode(base_size=256, image_size=128, crop=True, max_tiles=4), Mode(192, 192, False)):
+        inp = small_model.prepare(img, "<image>\nFree OCR.", mode=mode)
+        # 600x300 is wider than a 128 tile, aspect 2 -> a (2 cols, 1 row) grid
+        assert inp.images_spatial_crop.tolist() == ([[2, 1]] if mode.crop else [[1, 1]])
+        rows = small_model.encode_images([inp])[0]
+        assert rows.shape == (inp.num_vision_tokens, small_model.config.n_embed)
+        assert torch.isfinite(rows).all()
+        r = small_model.generate(inp, max_new_tokens=2)
+        assert len(r.token_ids) == 2
