@@ -16,6 +16,11 @@ setup(
         "huggingface_hub>=0.23",
         "pillow>=13",  # bit-exact pixel parity: older bicubic resampling gives other bf16 pixels
         "numpy>=1.24",
+        "pypdfium2>=4.30",  # PDF pages (Apache-2.0/BSD; PyMuPDF would be AGPL)
+        # Our GPU kernels. CUDA builds of torch bring their own triton; the CPU build does not,
+        # and the kernel tests run it there in interpreter mode.
+        "triton>=3.2; platform_system == 'Linux' and platform_machine == 'x86_64'",
     ],
+    entry_points={"console_scripts": ["deepseek-ocr = deepseek_ocr.cli:main"]},
     extras_require={"test": ["pytest>=8"]},
 )

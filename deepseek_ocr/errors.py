@@ -44,3 +44,27 @@ class ContextLengthError(DeepseekOCRError, ValueError):
 
 class GenerationError(DeepseekOCRError, ValueError):
     """Bad generation arguments, or a numerical fault (NaN/Inf logits) in one sequence."""
+
+
+class DocumentError(DeepseekOCRError):
+    """Base class for problems with an input document (a PDF, or a path that holds none)."""
+
+
+class InvalidPDFError(DocumentError, ValueError):
+    """The file is not a readable PDF (corrupt, not a PDF at all, or a page that fails to render)."""
+
+
+class EncryptedPDFError(DocumentError, ValueError):
+    """The PDF is encrypted and no (correct) password was given."""
+
+
+class DocumentTooLargeError(DocumentError, ValueError):
+    """The document has more pages than allowed; raised before any page is rendered."""
+
+
+class InputNotFoundError(DocumentError, FileNotFoundError):
+    """A path, folder or glob given as input matches no readable file."""
+
+
+class KernelError(DeepseekOCRError, RuntimeError):
+    """A fast kernel was asked for inputs it cannot handle (shape, dtype, device)."""
