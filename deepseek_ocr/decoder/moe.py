@@ -16,7 +16,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..config import DecoderConfig
-from ..kernels import moe_experts
+from ..kernels import moe_experts, moe_route
 
 
 class SwiGLU(nn.Module):
@@ -93,7 +93,7 @@ class MoE(nn.Module):
     def forward(self, x: torch.Tensor, taps: dict | None = None) -> torch.Tensor:
         shape = x.shape
         flat = x.reshape(-1, shape[-1])
-        weights, ids = self.gate(flat)
+        weights, ids = moe_route(self.gate, flat)  # the kernel seam
         if taps is not None:
             taps["topk_ids"], taps["topk_weights"] = ids, weights
         y = moe_experts(self.experts, flat, weights, ids)  # the kernel seam

@@ -11,6 +11,7 @@ ngram_window=90` with `<td>`/`</td>` exempt (`ngram_whitelist`, default from the
 from __future__ import annotations
 
 import logging
+import os
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Iterator, Sequence
 
@@ -18,6 +19,8 @@ import torch
 
 from ..errors import ContextLengthError, GenerationError
 from .detokenize import IncrementalDetokenizer
+from .fast_loop import fast_decode_steps
+from .fast_loop import supports as fast_supports
 from .logits_processors import NoRepeatNGram, RepetitionDetector, WindowedNoRepeatNGram
 from .sampling import check_finite, select_next_tokens
 
@@ -75,6 +78,7 @@ class _Options:
     ngram_whitelist: Sequence[int] | None = None
     stop_on_repetition: bool = False
     ignore_eos: bool = False
+    fast: bool | None = None  # the device loop (fast_loop.py); None: on CUDA unless DEEPSEEK_OCR_FAST=0
 
 
 def _check_budget(batch: Sequence["PreparedInputs"], opts: _Options, context: int) -> int:
@@ -106,6 +110,16 @@ def _processors(ocr: "DeepseekOCR", opts: _Options) -> list:
     return procs
 
 
+def _use_fast(opts: _Options, device: torch.device) -> bool:
+    wanted = opts.fast
+    if wanted is None:
+        wanted = device.type == "cuda" and os.environ.get("DEEPSEEK_OCR_FAST", "1") != "0"
+    if wanted and not fast_supports(opts):
+        logger.info("windowed n-gram / repetition detection run on the reference loop")
+        return False
+    return bool(wanted)
+
+
 def decode_steps(ocr: "DeepseekOCR", batch: Sequence["PreparedInputs"], opts: _Options
                  ) -> Iterator[tuple[list[int], list[str | None], list[str | None]]]:
     """Yield, per step, (token per row, reason ending each row at this step, error per row).
@@ -120,6 +134,9 @@ def decode_steps(ocr: "DeepseekOCR", batch: Sequence["PreparedInputs"], opts: _O
     generator = None
     if opts.seed is not None:
         generator = torch.Generator(device=device).manual_seed(int(opts.seed))
+    if _use_fast(opts, device):
+        yield from fast_decode_steps(ocr, batch, opts, budget, generator)
+        return
     procs = _processors(ocr, opts)
     for p in procs:
         p.reset([inp.input_ids.tolist() for inp in batch])

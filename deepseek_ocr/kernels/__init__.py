@@ -18,8 +18,9 @@ import os
 from typing import Callable
 
 import torch
+import torch.nn.functional as F
 
-from ._common import HAVE_TRITON, interpreting, launchable  # noqa: F401
+from ._common import HAVE_TRITON, interpreting, launchable, triton_on_cpu  # noqa: F401
 
 logger = logging.getLogger(__name__)
 
@@ -54,6 +55,43 @@ def moe_experts(experts: torch.nn.Module, x: torch.Tensor, weights: torch.Tensor
                 ids: torch.Tensor) -> torch.Tensor:
     """Routed-expert SwiGLU for tokens `x [N, H]` with routing `weights, ids [N, k]`."""
     return _dispatch("moe_experts", experts.forward, x, weights, ids)
+
+
+def moe_route(router: torch.nn.Module, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Router: float32 softmax over the experts, greedy top-k -> (weights fp32, ids) `[N, k]`."""
+    return _dispatch("moe_route", router.forward, x)
+
+
+def _prefill_reference(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, cu_seqlens: torch.Tensor,
+                       max_seqlen: int) -> torch.Tensor:
+    """Causal attention within each packed sequence; q, k, v `[N, heads, head_dim]`."""
+    out = torch.empty_like(q)
+    bounds = cu_seqlens.tolist()  # a host sync: acceptable here, the reference runs once per prompt
+    for s, e in zip(bounds[:-1], bounds[1:]):
+        qs, ks, vs = (t[s:e].transpose(0, 1)[None] for t in (q, k, v))  # (1, heads, T, hd)
+        out[s:e] = F.scaled_dot_product_attention(qs, ks, vs, is_causal=True)[0].transpose(0, 1)
+    return out
+
+
+def attention_prefill(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, cu_seqlens: torch.Tensor,
+                      max_seqlen: int) -> torch.Tensor:
+    """Causal attention over packed sequences: q, k, v `[N, heads, head_dim]`, `cu_seqlens [B+1]`."""
+    return _dispatch("attention_prefill", _prefill_reference, q, k, v, cu_seqlens, max_seqlen)
+
+
+def _decode_reference(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor,
+                      seqlens: torch.Tensor) -> torch.Tensor:
+    """q `[B, heads, hd]` over slots 0..seqlens[b]-1 of `[B, heads, L, hd]`; no host sync."""
+    slots = torch.arange(k_cache.shape[2], device=q.device)
+    mask = (slots[None, :] < seqlens[:, None])[:, None, None, :]  # (B, 1, 1, L)
+    out = F.scaled_dot_product_attention(q[:, :, None], k_cache, v_cache, attn_mask=mask)
+    return out[:, :, 0]
+
+
+def attention_decode(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor,
+                     seqlens: torch.Tensor) -> torch.Tensor:
+    """One query per row over its cached keys: q `[B, heads, hd]`, caches `[B, heads, L, hd]`."""
+    return _dispatch("attention_decode", _decode_reference, q, k_cache, v_cache, seqlens)
 
 
 # Kernel modules register themselves on import. A missing Triton (or a module that fails to

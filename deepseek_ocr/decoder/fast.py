@@ -1,0 +1,116 @@
+"""The decoder's fast schedule: packed prefill and a fixed-shape one-token step.
+
+Same weights and the same function as `Decoder` (which stays the reference), arranged for speed:
+
+* Prefill packs the prompts of a batch end to end (`[N, hidden]`, `cu_seqlens`), so no compute
+  is spent on padding, and runs causal attention per sequence (`kernels.attention_prefill`).
+* A decode step takes one token per row and reads each row's keys from a `StaticKVCache`
+  (`kernels.attention_decode`). Every tensor shape depends only on the batch size and the cache
+  capacity, and nothing asks the host for a value, so the step can be captured in a CUDA graph.
+* q, k and v are one matmul (weights concatenated once, here; the checkpoint keeps them apart).
+
+The MoE layers go through the same kernel seam as the reference (`kernels.moe_route`,
+`kernels.moe_experts`), on the flattened tokens.
+"""
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from .. import kernels
+from .model import Decoder
+from .static_cache import StaticKVCache
+
+
+def rotate_half(x: torch.Tensor) -> torch.Tensor:
+    x1, x2 = x.chunk(2, dim=-1)
+    return torch.cat([-x2, x1], dim=-1)
+
+
+class FastDecoder(nn.Module):
+    """Wraps a loaded `Decoder`; holds no weights of its own except the fused q/k/v."""
+
+    def __init__(self, decoder: Decoder):
+        super().__init__()
+        self.decoder = decoder
+        cfg = decoder.cfg
+        self.cfg = cfg
+        self.heads, self.head_dim = cfg.num_heads, cfg.head_dim
+        with torch.no_grad():
+            self.qkv = [torch.cat([l.self_attn.q_proj.weight, l.self_attn.k_proj.weight,
+                                   l.self_attn.v_proj.weight]) for l in decoder.layers]  # (3*nh*hd, H)
+        w = decoder.lm_head.weight
+        self.inv_freq = 1.0 / (cfg.rope_theta ** (torch.arange(0, self.head_dim, 2, dtype=torch.float32,
+                                                                device=w.device) / self.head_dim))
+
+    def new_cache(self, batch: int, capacity: int) -> StaticKVCache:
+        w = self.decoder.lm_head.weight
+        return StaticKVCache(self.cfg.num_layers, batch, self.heads, self.head_dim,
+                             min(capacity, self.cfg.max_position_embeddings), dtype=w.dtype, device=w.device)
+
+    def _rope(self, positions: torch.Tensor, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
+        """cos/sin `[T, 1, head_dim]` for positions `[T]`, in float32 then cast (as the reference)."""
+        freqs = positions.float()[:, None] * self.inv_freq  # (T, hd/2)
+        emb = torch.cat([freqs, freqs], dim=-1)[:, None]
+        return emb.cos().to(dtype), emb.sin().to(dtype)
+
+    def _qkv(self, i: int, h: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor):
+        t = h.shape[0]
+        q, k, v = (h @ self.qkv[i].t()).view(t, 3, self.heads, self.head_dim).unbind(1)  # (T, nh, hd)
+        q = q * cos + rotate_half(q) * sin
+        k = k * cos + rotate_half(k) * sin
+        return q, k, v
+
+    def _mlp(self, layer, x: torch.Tensor) -> torch.Tensor:
+        h = layer.post_attention_layernorm(x)
+        return x + layer.mlp(h)
+
+    def _logits(self, x: torch.Tensor) -> torch.Tensor:
+        return self.decoder.lm_head(self.decoder.norm(x)).float()
+
+    @torch.inference_mode()
+    def prefill(self, embeds: torch.Tensor, cu_seqlens: torch.Tensor, max_seqlen: int,
+                cache: StaticKVCache) -> torch.Tensor:
+        """Run packed prompts and fill rows 0..B-1 of `cache` from slot 0.
+
+        Args:
+            embeds: `[N, hidden]`, the B prompts end to end.
+            cu_seqlens: int32 `[B+1]` on the device, prompt b is rows cu[b]..cu[b+1]-1.
+            max_seqlen: the longest prompt (a Python int).
+            cache: a cache with at least B rows and max_seqlen slots; its seqlens are set.
+        Returns:
+            float32 logits `[B, vocab]` at each prompt's last position.
+        """
+        n = embeds.shape[0]
+        b = cu_seqlens.shape[0] - 1
+        lengths = cu_seqlens[1:] - cu_seqlens[:-1]
+        rows = torch.repeat_interleave(torch.arange(b, device=embeds.device), lengths, output_size=n)
+        positions = torch.arange(n, device=embeds.device) - cu_seqlens[:-1].long()[rows]  # (N,)
+        cos, sin = self._rope(positions, embeds.dtype)
+        x = embeds
+        for i, layer in enumerate(self.decoder.layers):
+            q, k, v = self._qkv(i, layer.input_layernorm(x), cos, sin)
+            cache.write_packed(i, k, v, rows, positions)
+            attn = kernels.attention_prefill(q, k, v, cu_seqlens, max_seqlen)  # (N, nh, hd)
+            x = x + layer.self_attn.o_proj(attn.reshape(n, -1))
+            x = self._mlp(layer, x)
+        cache.seqlens[:b] = lengths.to(torch.int32)
+        return self._logits(x[cu_seqlens[1:].long() - 1])
+
+    def step(self, tokens: torch.Tensor, cache: StaticKVCache) -> torch.Tensor:
+        """One token per row (`tokens [B]`) at slot `cache.seqlens`; advances seqlens; logits `[B, V]`.
+
+        Fixed shapes, no host reads: safe to capture in a CUDA graph.
+        """
+        x = self.decoder.embed_tokens(tokens)  # (B, hidden)
+        b = x.shape[0]
+        cos, sin = self._rope(cache.seqlens, x.dtype)
+        lengths = cache.seqlens + 1
+        for i, layer in enumerate(self.decoder.layers):
+            q, k, v = self._qkv(i, layer.input_layernorm(x), cos, sin)  # (B, nh, hd)
+            cache.write_step(i, k, v)
+            attn = kernels.attention_decode(q, cache.k[i], cache.v[i], lengths)
+            x = x + layer.self_attn.o_proj(attn.reshape(b, -1))
+            x = self._mlp(layer, x)
+        cache.seqlens.add_(1)
+        return self._logits(x)
