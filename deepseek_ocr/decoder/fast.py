@@ -3,9 +3,9 @@
 Same weights and the same function as `Decoder` (which stays the reference), arranged for speed:
 
 * Prefill packs the prompts of a batch end to end (`[N, hidden]`, `cu_seqlens`), so no compute
-  is spent on padding, and runs causal attention per sequence (`kernels.attention_prefill`).
+  is spent on padding, and runs causal attention per sequence (`kernels.prefill_attention`).
 * A decode step takes one token per row and reads each row's keys from a `StaticKVCache`
-  (`kernels.attention_decode`). Every tensor shape depends only on the batch size and the cache
+  (`kernels.decode_attention`). Every tensor shape depends only on the batch size and the cache
   capacity, and nothing asks the host for a value, so the step can be captured in a CUDA graph.
 * q, k and v are one matmul (weights concatenated once, here; the checkpoint keeps them apart).
 
@@ -91,7 +91,7 @@ class FastDecoder(nn.Module):
         for i, layer in enumerate(self.decoder.layers):
             q, k, v = self._qkv(i, layer.input_layernorm(x), cos, sin)
             cache.write_packed(i, k, v, rows, positions)
-            attn = kernels.attention_prefill(q, k, v, cu_seqlens, max_seqlen)  # (N, nh, hd)
+            attn = kernels.prefill_attention(q, k, v, cu_seqlens, max_seqlen)  # (N, nh, hd)
             x = x + layer.self_attn.o_proj(attn.reshape(n, -1))
             x = self._mlp(layer, x)
         cache.seqlens[:b] = lengths.to(torch.int32)
@@ -109,7 +109,7 @@ class FastDecoder(nn.Module):
         for i, layer in enumerate(self.decoder.layers):
             q, k, v = self._qkv(i, layer.input_layernorm(x), cos, sin)  # (B, nh, hd)
             cache.write_step(i, k, v)
-            attn = kernels.attention_decode(q, cache.k[i], cache.v[i], lengths)
+            attn = kernels.decode_attention(q, cache.k[i], cache.v[i], lengths)
             x = x + layer.self_attn.o_proj(attn.reshape(b, -1))
             x = self._mlp(layer, x)
         cache.seqlens.add_(1)

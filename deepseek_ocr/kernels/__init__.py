@@ -73,7 +73,7 @@ def _prefill_reference(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, cu_seq
     return out
 
 
-def attention_prefill(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, cu_seqlens: torch.Tensor,
+def prefill_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, cu_seqlens: torch.Tensor,
                       max_seqlen: int) -> torch.Tensor:
     """Causal attention over packed sequences: q, k, v `[N, heads, head_dim]`, `cu_seqlens [B+1]`."""
     return _dispatch("attention_prefill", _prefill_reference, q, k, v, cu_seqlens, max_seqlen)
@@ -88,7 +88,7 @@ def _decode_reference(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Ten
     return out[:, :, 0]
 
 
-def attention_decode(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor,
+def decode_attention(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor,
                      seqlens: torch.Tensor) -> torch.Tensor:
     """One query per row over its cached keys: q `[B, heads, hd]`, caches `[B, heads, L, hd]`."""
     return _dispatch("attention_decode", _decode_reference, q, k_cache, v_cache, seqlens)
@@ -96,7 +96,7 @@ def attention_decode(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tens
 
 # Kernel modules register themselves on import. A missing Triton (or a module that fails to
 # import on this platform) leaves the reference path in place; it is logged, never fatal.
-_KERNEL_MODULES: tuple[str, ...] = ()
+_KERNEL_MODULES: tuple[str, ...] = ("attention_prefill", "attention_decode")
 
 if HAVE_TRITON:
     for _name in _KERNEL_MODULES:
