@@ -20,6 +20,7 @@ are in the schedule only:
 from __future__ import annotations
 
 import logging
+import os
 from typing import TYPE_CHECKING, Iterator, Sequence
 
 import torch
@@ -56,27 +57,28 @@ def supports(opts: "_Options") -> bool:
 class _Graph:
     """One captured decode step: static token input, cache, and logits output."""
 
-    def __init__(self, fast: FastDecoder, batch: int, capacity: int, pool):
+    def __init__(self, fast: FastDecoder, step_fn, batch: int, capacity: int, pool, capture: bool):
+        self.step_fn = step_fn
         self.cache = fast.new_cache(batch, capacity)
         self.tokens = torch.zeros(batch, dtype=torch.long, device=self.cache.seqlens.device)
         self.graph = None
         self.logits = None
-        if self.tokens.is_cuda:
+        if capture:
             stream = torch.cuda.Stream(self.tokens.device)
             stream.wait_stream(torch.cuda.current_stream(self.tokens.device))
             with torch.cuda.stream(stream), torch.inference_mode():
-                for _ in range(2):  # warm up (autotuning, allocations) off the capture
-                    fast.step(self.tokens, self.cache)
+                for _ in range(3):  # warm up (compilation, autotuning, allocations) off the capture
+                    step_fn(self.tokens, self.cache)
             torch.cuda.current_stream(self.tokens.device).wait_stream(stream)
             self.graph = torch.cuda.CUDAGraph()
             with torch.cuda.graph(self.graph, pool=pool), torch.inference_mode():
-                self.logits = fast.step(self.tokens, self.cache)
+                self.logits = step_fn(self.tokens, self.cache)
             self.cache.seqlens.zero_()
 
     def run(self, fast: FastDecoder, tokens: torch.Tensor) -> torch.Tensor:
         self.tokens.copy_(tokens)
         if self.graph is None:
-            return fast.step(self.tokens, self.cache)
+            return self.step_fn(self.tokens, self.cache)
         self.graph.replay()
         return self.logits
 
@@ -84,10 +86,15 @@ class _Graph:
 class DecodeEngine:
     """Per-model state of the fast path: the fast decoder and the captured graphs."""
 
-    def __init__(self, ocr: "DeepseekOCR", use_graphs: bool | None = None):
+    def __init__(self, ocr: "DeepseekOCR", use_graphs: bool | None = None, compile: bool | None = None):
         self.fast = FastDecoder(ocr.model.decoder)
         device = ocr.device
         self.use_graphs = device.type == "cuda" if use_graphs is None else use_graphs
+        if compile is None:
+            compile = os.environ.get("DEEPSEEK_OCR_COMPILE", "0") == "1"
+        # torch.compile fuses the small elementwise ops between our kernels (norms, rotary,
+        # residual adds); the graph then replays the fused step. Costs a compile on first use.
+        self.step_fn = torch.compile(self.fast.step, dynamic=False) if compile else self.fast.step
         self.pool = torch.cuda.graph_pool_handle() if self.use_graphs else None
         self._graphs: dict[tuple[int, int], _Graph] = {}
 
@@ -99,9 +106,8 @@ class DecodeEngine:
                 del self._graphs[old]
             if self.use_graphs:
                 torch.cuda.empty_cache()
-            self._graphs[key] = _Graph(self.fast, batch, capacity, self.pool)
-            if not self.use_graphs:
-                self._graphs[key].graph = None
+            self._graphs[key] = _Graph(self.fast, self.step_fn, batch, capacity, self.pool,
+                                       capture=self.use_graphs)
         return self._graphs[key]
 
 

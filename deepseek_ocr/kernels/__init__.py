@@ -38,7 +38,10 @@ def enabled() -> bool:
 
 
 def register(op: str, impl: Callable) -> None:
-    """Register `impl(*args) -> Tensor | None` for `op`; returning None means "not applicable"."""
+    """Register `impl(*args) -> Tensor | None` for `op`; returning None means "not applicable".
+
+    `impl` receives the seam function's arguments (for the MoE ops, the module first).
+    """
     _IMPLS.setdefault(op, []).append(impl)
 
 
@@ -51,15 +54,19 @@ def _dispatch(op: str, reference: Callable, *args):
     return reference(*args)
 
 
+def _call_forward(module: torch.nn.Module, *args):
+    return module.forward(*args)
+
+
 def moe_experts(experts: torch.nn.Module, x: torch.Tensor, weights: torch.Tensor,
                 ids: torch.Tensor) -> torch.Tensor:
     """Routed-expert SwiGLU for tokens `x [N, H]` with routing `weights, ids [N, k]`."""
-    return _dispatch("moe_experts", experts.forward, x, weights, ids)
+    return _dispatch("moe_experts", _call_forward, experts, x, weights, ids)
 
 
 def moe_route(router: torch.nn.Module, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Router: float32 softmax over the experts, greedy top-k -> (weights fp32, ids) `[N, k]`."""
-    return _dispatch("moe_route", router.forward, x)
+    return _dispatch("moe_route", _call_forward, router, x)
 
 
 def _prefill_reference(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, cu_seqlens: torch.Tensor,
@@ -94,9 +101,20 @@ def decode_attention(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tens
     return _dispatch("attention_decode", _decode_reference, q, k_cache, v_cache, seqlens)
 
 
-# Kernel modules register themselves on import. A missing Triton (or a module that fails to
+def sam_rel_attention(reference: Callable, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
+                      rel_pos_h: torch.Tensor, rel_pos_w: torch.Tensor, hw: tuple[int, int]) -> torch.Tensor:
+    """SAM attention with decomposed relative positions: q, k, v `[B, heads, h*w, head_dim]`.
+
+    `reference` is the caller's plain-torch math (vision/sam.py), used when no kernel applies.
+    """
+    return _dispatch("sam_attention", reference, q, k, v, rel_pos_h, rel_pos_w, hw)
+
+
+# Kernel modules register themselves on import. Their names differ from the seam functions
+# above on purpose: importing a submodule binds its name on this package. A missing Triton (or a module that fails to
 # import on this platform) leaves the reference path in place; it is logged, never fatal.
-_KERNEL_MODULES: tuple[str, ...] = ("attention_prefill", "attention_decode")
+_KERNEL_MODULES: tuple[str, ...] = ("moe_routing", "moe_grouped", "attention_prefill", "attention_decode",
+                                    "sam_attention")
 
 if HAVE_TRITON:
     for _name in _KERNEL_MODULES:

@@ -11,6 +11,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .. import kernels
 from ..config import SamConfig
 
 
@@ -59,6 +60,17 @@ def rel_pos_bias(q: torch.Tensor, rel_pos_h: torch.Tensor, rel_pos_w: torch.Tens
     return bias.reshape(b, h * w, h * w)
 
 
+def attention_with_rel_pos(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, rel_pos_h: torch.Tensor,
+                           rel_pos_w: torch.Tensor, hw: tuple[int, int]) -> torch.Tensor:
+    """The reference: softmax(q.k / sqrt(d) + bias) v with the materialised `[N, N]` bias.
+
+    q, k, v `[B, nh, N, hd]`; the bias comes from the unscaled query.
+    """
+    b, nh, n, hd = q.shape
+    bias = rel_pos_bias(q.reshape(b * nh, n, hd), rel_pos_h, rel_pos_w, hw)  # (B*nh, N, N)
+    return F.scaled_dot_product_attention(q, k, v, attn_mask=bias.view(b, nh, n, n))
+
+
 def window_partition(x: torch.Tensor, window: int) -> tuple[torch.Tensor, tuple[int, int]]:
     """Split `[B, H, W, C]` into `[B*nw, window, window, C]`, zero-padding H, W to multiples."""
     b, h, w, c = x.shape
@@ -95,11 +107,9 @@ class SamAttention(nn.Module):
         b, h, w, _ = x.shape
         n = h * w
         qkv = self.qkv(x).reshape(b, n, 3, self.heads, self.head_dim).permute(2, 0, 3, 1, 4)
-        q, k, v = qkv.reshape(3, b * self.heads, n, self.head_dim).unbind(0)  # (B*nh, N, hd)
-        bias = rel_pos_bias(q, self.rel_pos_h, self.rel_pos_w, (h, w))  # (B*nh, N, N)
-        bias = bias.view(b, self.heads, n, n)
-        q, k, v = (t.view(b, self.heads, n, self.head_dim) for t in (q, k, v))
-        out = F.scaled_dot_product_attention(q, k, v, attn_mask=bias)  # (B, nh, N, hd)
+        q, k, v = qkv.unbind(0)  # (B, nh, N, hd) each: strided views of qkv
+        out = kernels.sam_rel_attention(attention_with_rel_pos, q, k, v, self.rel_pos_h,
+                                        self.rel_pos_w, (h, w))  # (B, nh, N, hd)
         out = out.transpose(1, 2).reshape(b, h, w, -1)
         return self.proj(out)
 
