@@ -1,0 +1,376 @@
+"""`run_pages`: many pages through one model, several per forward, in input order.
+
+    from deepseek_ocr import DeepseekOCR
+    from deepseek_ocr.inputs import expand_inputs, iter_pages
+    from deepseek_ocr.pipeline import run_pages
+
+    ocr = DeepseekOCR.from_pretrained("deepseek-ai/DeepSeek-OCR")
+    pages = [p for doc in expand_inputs(["scans/"]) for p in iter_pages(doc)]
+    for outcome in run_pages(ocr, pages, mode="gundam", out_dir="ocr-output"):
+        print(outcome.page.document.name, outcome.page.number, outcome.status)
+
+How the work overlaps: a thread pool (`workers`) decodes or renders the next pages and runs
+`ocr.prepare` on them while the calling thread runs the model on the current batch. The pool
+never runs more than a bounded look-ahead of pages ahead of the model (`batch_size + workers`:
+the next batch is ready when the current one ends), so memory stays flat on a 2000-page PDF. PIL, PDFium (under its lock) and the
+tokenizer release the GIL for their heavy parts, which is what makes threads worth it here.
+
+Faults (RELIABILITY.md sections 21-23): a page whose loading or preparation raises a
+`DeepseekOCRError` or `OSError` gets that error and the others go on. A batch that runs out of
+memory, or fails with a `DeepseekOCRError` (e.g. one page too long for the context), is split
+in halves and retried, down to a single page which then fails alone.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import time
+from collections import deque
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Iterable, Iterator, Sequence
+
+import torch
+
+from ..errors import DeepseekOCRError
+from ..generation.generate import GenerationResult, _options
+from ..inputs import PageRef
+from ..ocr import DEFAULT_PROMPT
+from ..postprocess import PageRender, render_page
+from ..processing.views import Mode, resolve_mode
+from . import writer
+
+logger = logging.getLogger(__name__)
+
+# torch >= 2.5 has the top-level name; older builds only the CUDA one.
+OutOfMemoryError = getattr(torch, "OutOfMemoryError", torch.cuda.OutOfMemoryError)
+
+# What one bad input may raise without stopping the run (section 21). Anything else is a bug
+# and propagates.
+PAGE_ERRORS = (DeepseekOCRError, OSError)
+
+
+@dataclass
+class PageOutcome:
+    """What became of one page.
+
+    Attributes:
+        page: the input page.
+        result: the generation result (read back from its json for a skipped page; None when
+            the page failed before generating).
+        render: markdown, boxes, crops (None for skipped and failed pages).
+        error: what went wrong, or None.
+        error_type: the exception's class name (e.g. "InvalidImageError", "OutOfMemoryError").
+        skipped: done by an earlier run (`resume=True`) and not redone.
+        seconds: time spent on this page: its loading and preparation, its share of the batch's
+            generation, rendering and writing.
+        record: the page's json content (as written, or as read back when skipped).
+    """
+
+    page: PageRef
+    result: GenerationResult | None
+    render: PageRender | None
+    error: str | None = None
+    error_type: str | None = None
+    skipped: bool = False
+    seconds: float = 0.0
+    record: dict = field(default_factory=dict)
+
+    @property
+    def status(self) -> str:
+        """"ok", "failed" or "skipped"."""
+        if self.skipped:
+            return "skipped"
+        return "ok" if self.error is None else "failed"
+
+
+class _Slot:
+    """One page on its way through the pipeline."""
+
+    def __init__(self, page: PageRef):
+        self.page = page
+        self.future: Future | None = None
+        self.image = None
+        self.inputs = None
+        self.result: GenerationResult | None = None
+        self.error: tuple[str, str] | None = None  # (error_type, message)
+        self.skipped: tuple[dict, GenerationResult] | None = None
+        self.timings: dict[str, float] = {}
+
+    def fail(self, error_type: str, message: str) -> None:
+        self.error = (error_type, message)
+
+
+class _Immediate:
+    """A finished future, for `workers=0` (prepare in the calling thread)."""
+
+    def __init__(self, fn: Callable, *args):
+        self._value, self._error = None, None
+        try:
+            self._value = fn(*args)
+        except PAGE_ERRORS as err:
+            self._error = err
+
+    def result(self):
+        if self._error is not None:
+            raise self._error
+        return self._value
+
+
+def _describe_page(page: PageRef) -> str:
+    return f"{page.document.path} page {page.number}"
+
+
+class _Runner:
+    def __init__(self, ocr, *, prompt: str, mode: Mode, batch_size: int, workers: int,
+                 out_dir: Path | None, resume: bool, on_page, write_documents: bool, gen_kwargs: dict):
+        self.ocr = ocr
+        self.prompt = prompt
+        self.mode = mode
+        self.batch_size = batch_size
+        self.workers = workers
+        self.out_dir = out_dir
+        self.resume = resume
+        self.on_page = on_page
+        self.write_documents = write_documents and out_dir is not None
+        self.gen_kwargs = gen_kwargs
+        self.lookahead = batch_size + workers
+        # Documents seen so far: name -> [page numbers in order]; `_open_doc` is the one the
+        # stream is in (see `_track_document` for when a document's markdown is written).
+        self._docs: dict[str, list[int]] = {}
+        self._written: dict[str, int] = {}
+        self._open_doc: str | None = None
+        self._expected: dict[str, int] | None = None  # pages per document, when known up front
+
+    # ---------------------------------------------------------------------- preparation
+    def _prepare(self, page: PageRef):
+        t0 = time.perf_counter()
+        image = page.load()
+        inputs = self.ocr.prepare(image, self.prompt, self.mode)
+        return image, inputs, time.perf_counter() - t0
+
+    def _new_slot(self, page: PageRef, pool: ThreadPoolExecutor | None) -> _Slot:
+        slot = _Slot(page)
+        if self.out_dir is not None and self.resume:
+            slot.skipped = writer.read_done_page(self.out_dir, page.document.name, page.number)
+            if slot.skipped is not None:
+                return slot
+        slot.future = pool.submit(self._prepare, page) if pool is not None else _Immediate(self._prepare, page)
+        return slot
+
+    @staticmethod
+    def _resolve(slot: _Slot) -> None:
+        """Wait for the slot's preparation; a bad input becomes the slot's error."""
+        try:
+            slot.image, slot.inputs, slot.timings["prepare_s"] = slot.future.result()
+        except PAGE_ERRORS as err:
+            slot.fail(type(err).__name__, str(err))
+            logger.warning("%s: %s: %s", _describe_page(slot.page), type(err).__name__, err)
+        slot.future = None
+
+    # ------------------------------------------------------------------------ generation
+    def _generate(self, slots: list[_Slot]) -> None:
+        """Generate for `slots`, halving the batch on out-of-memory or a per-input error."""
+        t0 = time.perf_counter()
+        failure = None
+        try:
+            results = self.ocr.generate([s.inputs for s in slots], **self.gen_kwargs)
+        except OutOfMemoryError as err:
+            failure = ("OutOfMemoryError", f"out of memory in a batch of {len(slots)}: {err}")
+        except DeepseekOCRError as err:
+            failure = (type(err).__name__, str(err))
+        if failure is None:
+            share = (time.perf_counter() - t0) / len(slots)
+            for slot, result in zip(slots, results):
+                slot.result = result
+                slot.timings.update(generate_s=share, batch_size=len(slots))
+                if result.error is not None or result.finish_reason == "error":
+                    slot.fail("GenerationError", result.error or "generation failed")
+            return
+        # Retried outside the `except` block: the exception's traceback holds the frames (and
+        # the activations they reference) alive until the block ends.
+        if self.ocr.device.type == "cuda":
+            torch.cuda.empty_cache()
+        if len(slots) == 1:
+            logger.warning("%s: %s: %s", _describe_page(slots[0].page), *failure)
+            slots[0].fail(*failure)
+            return
+        logger.warning("batch of %d failed (%s); retrying in halves", len(slots), failure[0])
+        half = (len(slots) + 1) // 2
+        self._generate(slots[:half])
+        self._generate(slots[half:])
+
+    # -------------------------------------------------------------------------- finishing
+    def _base_record(self, slot: _Slot) -> dict:
+        page = slot.page
+        return {"format": writer.PAGE_FORMAT, "document": page.document.name,
+                "source": str(page.document.path), "kind": page.document.kind,
+                "page": page.number, "index": page.index,
+                "scope": getattr(page, "scope", "page")}
+
+    def _finish(self, slot: _Slot) -> PageOutcome:
+        page = slot.page
+        if slot.skipped is not None:
+            record, result = slot.skipped
+            return PageOutcome(page, result, None, skipped=True, seconds=0.0, record=record)
+        render = None
+        if slot.error is None:
+            t0 = time.perf_counter()
+            # The official post-processing works on the stripped text (`result.text`); the
+            # exact decoded ids go to page-XXXX.raw.txt.
+            render = render_page(slot.result.text, slot.image, page_name=writer.page_stem(page.number),
+                                 images_dir="images")
+            slot.timings["render_s"] = time.perf_counter() - t0
+        seconds = sum(v for k, v in slot.timings.items() if k.endswith("_s"))
+        record = self._base_record(slot)
+        if slot.error is not None:
+            error_type, message = slot.error
+            record.update(status="failed", error=message, error_type=error_type, seconds=round(seconds, 4))
+            if slot.result is not None:
+                record.update(finish_reason=slot.result.finish_reason, tokens=writer.token_figures(slot.result))
+            if self.out_dir is not None:
+                writer.write_page_error(self.out_dir, record)
+            return PageOutcome(page, slot.result, None, message, error_type, seconds=seconds, record=record)
+        result = slot.result
+        record.update(
+            status="ok", error=None, width=slot.image.width, height=slot.image.height,
+            mode={"name": self.mode.name, "base_size": self.mode.base_size,
+                  "image_size": self.mode.image_size, "crop": self.mode.crop},
+            prompt=self.prompt, finish_reason=result.finish_reason,
+            tokens=writer.token_figures(result), token_ids=list(result.token_ids),
+            boxes=render.boxes, problems=render.problems,
+            timings={k: round(v, 4) if isinstance(v, float) else v for k, v in slot.timings.items()},
+            seconds=round(seconds, 4))
+        if self.out_dir is not None:
+            t0 = time.perf_counter()
+            record = writer.write_page(self.out_dir, record, result, render)
+            seconds += time.perf_counter() - t0
+        return PageOutcome(page, result, render, seconds=seconds, record=record)
+
+    def _track_document(self, outcome: PageOutcome) -> None:
+        """Write a document's markdown as soon as its last page is through: known from the page
+        list when `pages` is a sequence, else when the stream moves on to another document."""
+        name = outcome.page.document.name
+        if name != self._open_doc:
+            if self._expected is None:
+                self._close_document(self._open_doc)
+            self._open_doc = name
+        seen = self._docs.setdefault(name, [])
+        seen.append(outcome.page.number)
+        if self._expected is not None and len(seen) == self._expected.get(name, -1):
+            self._close_document(name)
+
+    def _close_document(self, name: str | None) -> None:
+        if name is None or not self.write_documents:
+            return
+        numbers = self._docs.get(name, [])
+        if self._written.get(name) == len(numbers):
+            return
+        path = writer.write_document(self.out_dir, name, numbers)
+        if path is not None:
+            self._written[name] = len(numbers)
+            logger.info("wrote %s", path)
+
+    def _emit(self, slot: _Slot) -> PageOutcome:
+        outcome = self._finish(slot)
+        slot.image = slot.inputs = None  # free the pixels before the next window
+        self._track_document(outcome)
+        if self.on_page is not None:
+            self.on_page(outcome)
+        return outcome
+
+    # ------------------------------------------------------------------------------ loop
+    def run(self, pages: Iterable[PageRef]) -> Iterator[PageOutcome]:
+        if isinstance(pages, Sequence):
+            self._expected = {}
+            for page in pages:
+                self._expected[page.document.name] = self._expected.get(page.document.name, 0) + 1
+        it = iter(pages)
+        pending: deque[_Slot] = deque()
+        exhausted = False
+        pool = ThreadPoolExecutor(self.workers, thread_name_prefix="deepseek-ocr-prepare") \
+            if self.workers > 0 else None
+
+        def fill() -> None:
+            nonlocal exhausted
+            while not exhausted and len(pending) < self.lookahead:
+                try:
+                    page = next(it)
+                except StopIteration:
+                    exhausted = True
+                    return
+                pending.append(self._new_slot(page, pool))
+
+        try:
+            while True:
+                fill()
+                if not pending:
+                    break
+                # A window: pages in input order up to `batch_size` that need the model, plus
+                # the skipped and failed ones among them, reported in their place. Skipped or
+                # failed pages before the first one that needs the model go out at once, so a
+                # resumed run reports its done pages without waiting for a forward.
+                window: list[_Slot] = []
+                batch: list[_Slot] = []
+                while pending and len(batch) < self.batch_size:
+                    slot = pending.popleft()
+                    if slot.future is not None:
+                        self._resolve(slot)
+                    needs_model = slot.skipped is None and slot.error is None
+                    if needs_model:
+                        batch.append(slot)
+                    if window or needs_model:
+                        window.append(slot)
+                    else:
+                        yield self._emit(slot)
+                    fill()  # keep the pool busy with the pages after this window
+                if batch:
+                    self._generate(batch)
+                for slot in window:
+                    yield self._emit(slot)
+            # Whatever is still open, or got pages again after being written (pages of a
+            # document not contiguous in the stream), is written with all its pages now.
+            for name in list(self._docs):
+                self._close_document(name)
+        finally:
+            if pool is not None:
+                pool.shutdown(wait=True, cancel_futures=True)
+
+
+def run_pages(ocr, pages: Iterable[PageRef], *, prompt: str = DEFAULT_PROMPT, mode: str | Mode = "gundam",
+              batch_size: int = 8, workers: int = 2, out_dir: str | os.PathLike | None = None,
+              resume: bool = True, on_page: Callable[[PageOutcome], None] | None = None,
+              write_documents: bool = True, **gen_kwargs) -> Iterator[PageOutcome]:
+    """Run `ocr` over `pages`, yielding one `PageOutcome` per page in input order.
+
+    Args:
+        ocr: a loaded `DeepseekOCR`.
+        pages: `PageRef`s (from `deepseek_ocr.inputs.iter_pages`), consumed lazily.
+        prompt: the prompt for every page (must contain `<image>` once).
+        mode: "tiny", "small", "base", "large", "gundam" or a `Mode`.
+        batch_size: pages per `ocr.generate` call (>= 1).
+        workers: threads loading and preparing pages ahead of the model (0: in this thread).
+        out_dir: where to write the files (see `writer`); None writes nothing.
+        resume: skip pages whose `page-XXXX.json` exists in `out_dir`.
+        on_page: called with each outcome (after its files are written), before it is yielded.
+        write_documents: write `<doc>/<doc>.md` once a document's pages are all done (off for
+            a rank of a distributed run, whose share of a document is partial).
+        **gen_kwargs: passed to `ocr.generate` (max_new_tokens, temperature, no_repeat_ngram_size,
+            ignore_eos, ...).
+
+    Raises:
+        ValueError / TypeError: bad arguments, at the call (not at the first page).
+    """
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+        raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
+    if isinstance(workers, bool) or not isinstance(workers, int) or workers < 0:
+        raise ValueError(f"workers must be a non-negative integer, got {workers!r}")
+    if "<image>" not in prompt:
+        raise ValueError(f"the prompt must contain <image>: {prompt!r}")
+    _options(gen_kwargs)  # unknown generation arguments fail now, not after the first page
+    runner = _Runner(ocr, prompt=prompt, mode=resolve_mode(mode), batch_size=batch_size,
+                     workers=workers, out_dir=Path(out_dir) if out_dir is not None else None,
+                     resume=resume, on_page=on_page, write_documents=write_documents,
+                     gen_kwargs=gen_kwargs)
+    return runner.run(pages)

@@ -1,0 +1,223 @@
+"""The `deepseek-ocr` command: in-process, as `python -m deepseek_ocr`, and under torchrun (CPU, gloo).
+
+Uses the 2-layer random checkpoint of test_pipeline.py (one build per session).
+"""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from deepseek_ocr import DeepseekOCR
+from deepseek_ocr.cli import PROMPTS, main, parse_mode, resolve_prompt
+from deepseek_ocr.postprocess import combine_pages
+from deepseek_ocr.processing.views import Mode
+
+from test_pipeline import (checkpoint_folder, fake_result, list_tree, loaded_model, make_image, make_pdf,
+                           truncated_png)
+
+REPO = Path(__file__).resolve().parent.parent
+FAST = ["--mode", "128:128", "--max-new-tokens", "4", "--dpi", "72"]
+
+
+@pytest.fixture(scope="session")
+def ckpt(tmp_path_factory) -> Path:
+    return checkpoint_folder(tmp_path_factory)
+
+
+@pytest.fixture
+def reuse_model(tmp_path_factory, monkeypatch):
+    """In-process runs take the session's loaded model instead of loading it again (loading is
+    covered by the subprocess tests); records the folders `main` asked for."""
+    model, asked = loaded_model(tmp_path_factory), []
+
+    def from_pretrained(path, **kwargs):
+        asked.append(str(path))
+        return model
+
+    monkeypatch.setattr(DeepseekOCR, "from_pretrained", staticmethod(from_pretrained))
+    return asked
+
+
+def env_for_subprocess(**extra) -> dict:
+    env = dict(os.environ, PYTHONPATH=str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", ""), **extra)
+    env.pop("WORLD_SIZE", None)
+    return env
+
+
+def inputs(folder: Path) -> Path:
+    folder.mkdir()
+    make_image(folder / "a.png", (120, 90))
+    truncated_png(folder / "b.png")  # corrupt, between two good documents
+    make_pdf(folder / "c.pdf", [(100, 130), (130, 100)])
+    return folder
+
+
+def test_prompt_presets_and_modes():
+    assert resolve_prompt("markdown") == "<image>\n<|grounding|>Convert the document to markdown."
+    assert resolve_prompt("free") == "<image>\nFree OCR."
+    assert resolve_prompt("locate:the total") == "<image>\nLocate <|ref|>the total<|/ref|> in the image."
+    assert resolve_prompt(r"<image>\nRead it.") == "<image>\nRead it."
+    assert set(PROMPTS) == {"markdown", "ocr", "free", "figure", "describe"}
+    assert parse_mode("Gundam") == "gundam"
+    assert parse_mode("1024:640:crop") == Mode(1024, 640, True, name="1024:640:crop")
+    assert parse_mode("512:512") == Mode(512, 512, False, name="512:512")
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--mode", "huge"], "--mode"),
+    (["--mode", "100:64"], "multiple of 16"),
+    (["--prompt", "no tag here"], "<image>"),
+    (["--prompt", "locate:"], "locate"),
+    (["--pages", "3-1"], "reversed"),
+])
+def test_usage_errors_exit_2(tmp_path, capsys, args, message):
+    make_image(tmp_path / "a.png", (64, 64))
+    assert main([str(tmp_path / "a.png"), "--model", str(tmp_path / "none"), *args]) == 2
+    assert message in capsys.readouterr().err
+
+
+def test_missing_input_and_bad_numbers_exit_2(tmp_path, capsys):
+    assert main([str(tmp_path / "missing.png")]) == 2
+    assert "missing.png" in capsys.readouterr().err
+    make_image(tmp_path / "a.png", (64, 64))
+    assert main([str(tmp_path / "a.png"), "--batch-size", "0"]) == 2
+
+
+def test_cli_end_to_end_in_process(ckpt, reuse_model, tmp_path, capsys):
+    src = inputs(tmp_path / "in")
+    out = tmp_path / "out"
+    argv = [str(src), "--model", str(ckpt), "--out", str(out), "--batch-size", "4", "--workers", "2",
+            "--json", *FAST]
+    assert main(argv) == 1  # one corrupt file
+    captured = capsys.readouterr()
+    summary = json.loads(captured.out)  # stdout holds the JSON only; progress went to stderr
+    assert "pages 4/4" in captured.err and "3 ok, 1 failed" in captured.err
+    rows = [(e["document"], e["page"], e["status"]) for e in summary["pages"]]
+    assert rows == [("a", 1, "ok"), ("b", 1, "failed"), ("c", 1, "ok"), ("c", 2, "ok")]
+    assert summary["pages"][1]["error_type"] == "InvalidImageError"
+    totals = summary["totals"]
+    assert (totals["pages"], totals["ok"], totals["failed"], totals["skipped"]) == (4, 3, 1, 0)
+    assert totals["text_tokens"] == 3 * 4
+    assert json.loads((out / "summary.json").read_text()) == summary
+    for doc, page, status in rows:
+        json_file = out / doc / f"page-{page:04d}.json"
+        error_file = out / doc / f"page-{page:04d}.error.json"
+        assert json_file.is_file() == (status == "ok") and error_file.is_file() == (status == "failed")
+        if status == "ok":
+            record = json.loads(json_file.read_text())
+            assert record["tokens"]["text"] == 4 and record["finish_reason"] == "length"
+            assert record["prompt"] == PROMPTS["markdown"]
+    pages_md = [(out / "c" / f"page-000{i}.md").read_text(encoding="utf-8") for i in (1, 2)]
+    assert (out / "c" / "c.md").read_text(encoding="utf-8") == combine_pages(pages_md)
+    assert (out / "a" / "a.md").is_file() and not (out / "b" / "b.md").exists()
+
+    # Rerun: the done pages are skipped, the failed one is retried (and fails again).
+    assert main(argv) == 1
+    again = json.loads(capsys.readouterr().out)
+    assert [e["status"] for e in again["pages"]] == ["skipped", "failed", "skipped", "skipped"]
+
+    # Only the first PDF page, with --no-resume: redone, and an image ignores --pages.
+    assert main([str(src / "c.pdf"), str(src / "a.png"), "--model", str(ckpt), "--out", str(out),
+                 "--pages", "2", "--no-resume", "--quiet", "--json", *FAST]) == 0
+    third = json.loads(capsys.readouterr().out)
+    assert [(e["document"], e["page"], e["status"]) for e in third["pages"]] == [("c", 2, "ok"), ("a", 1, "ok")]
+    assert reuse_model == [str(ckpt)] * 3
+
+
+def test_ctrl_c_exits_130_and_the_rerun_finishes(reuse_model, tmp_path_factory, tmp_path, capsys, monkeypatch):
+    src = tmp_path / "in"
+    src.mkdir()
+    for i in range(3):
+        make_image(src / f"p{i}.png", (70 + i, 60))
+    model = loaded_model(tmp_path_factory)
+    calls = []
+
+    def interrupted_on_second_batch(batch, **kw):
+        calls.append(len(batch))
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        return [fake_result(inp, "text") for inp in batch]
+
+    monkeypatch.setattr(model, "generate", interrupted_on_second_batch)
+    out = tmp_path / "out"
+    argv = [str(src), "--model", "m", "--out", str(out), "--batch-size", "1", *FAST]
+    assert main(argv) == 130
+    assert "interrupted" in capsys.readouterr().err
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["interrupted"] is True and [e["document"] for e in summary["pages"]] == ["p0"]
+    assert list_tree(out) == {"summary.json", "p0/p0.md"} | {
+        f"p0/page-0001.{ext}" for ext in ("md", "raw.txt", "boxes.jpg", "json")}
+    assert main(argv) == 0
+    summary = json.loads((out / "summary.json").read_text())
+    assert [e["status"] for e in summary["pages"]] == ["skipped", "ok", "ok"]
+    assert calls == [1, 1, 1, 1]
+
+
+def test_random_model_reuses_the_cached_checkpoint(ckpt, reuse_model, tmp_path, capsys, monkeypatch):
+    cache = tmp_path / "cache"
+    cache.mkdir()
+    (cache / "random-demo").symlink_to(ckpt, target_is_directory=True)  # "built" before
+    monkeypatch.setenv("DEEPSEEK_OCR_CACHE", str(cache))
+    make_image(tmp_path / "p.png", (80, 80))
+    assert main([str(tmp_path / "p.png"), "--model", "random", "--out", str(tmp_path / "out"), *FAST]) == 0
+    captured = capsys.readouterr()
+    assert "gibberish" in captured.err and "gibberish" in captured.out
+    assert "pages: 1 ok, 0 failed, 0 skipped" in captured.out
+    assert (tmp_path / "out" / "p" / "page-0001.json").is_file()
+    assert reuse_model == [str(cache / "random-demo")]
+
+
+def test_missing_weights_message(tmp_path):
+    make_image(tmp_path / "p.png", (64, 64))
+    env = env_for_subprocess(HF_HUB_OFFLINE="1", HF_HOME=str(tmp_path / "hf"),
+                             HF_HUB_CACHE=str(tmp_path / "hf" / "hub"))
+    proc = subprocess.run([sys.executable, "-m", "deepseek_ocr", str(tmp_path / "p.png"),
+                           "--out", str(tmp_path / "out")],
+                          env=env, cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 2, proc.stderr
+    assert "huggingface-cli download deepseek-ai/DeepSeek-OCR" in proc.stderr
+    assert "--model DIR" in proc.stderr and "--model random" in proc.stderr
+    assert "Traceback" not in proc.stderr
+
+
+def test_python_dash_m_subprocess(ckpt, tmp_path):
+    make_image(tmp_path / "p.png", (96, 64))
+    proc = subprocess.run([sys.executable, "-m", "deepseek_ocr", str(tmp_path / "p.png"), "--model", str(ckpt),
+                           "--out", str(tmp_path / "out"), "--json", "--prompt", "free", *FAST],
+                          env=env_for_subprocess(), cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    summary = json.loads(proc.stdout)
+    assert summary["totals"]["ok"] == 1 and summary["prompt"] == PROMPTS["free"]
+    assert summary["pages"][0]["tokens"]["text"] == 4
+    assert (tmp_path / "out" / "p" / "p.md").is_file()
+
+
+def test_torchrun_two_ranks_share_the_pages(ckpt, tmp_path):
+    src = tmp_path / "in"
+    src.mkdir()
+    make_image(src / "a.png", (100, 70))
+    make_pdf(src / "doc.pdf", [(90, 120), (120, 90), (100, 100)])
+    out = tmp_path / "out"
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+           "-m", "deepseek_ocr", str(src), "--model", str(ckpt), "--out", str(out), "--json",
+           "--batch-size", "2", *FAST]
+    proc = subprocess.run(cmd, env=env_for_subprocess(), cwd=tmp_path, capture_output=True, text=True,
+                          timeout=500)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    summary = json.loads(proc.stdout.strip().splitlines()[-1])  # only rank 0 prints it
+    expected = [("a", 1), ("doc", 1), ("doc", 2), ("doc", 3)]
+    assert [(e["document"], e["page"]) for e in summary["pages"]] == expected
+    assert summary["world_size"] == 2 and summary["totals"]["ok"] == 4
+    ranks = [json.loads((out / f"summary.rank-{r}.json").read_text())["pages"] for r in (0, 1)]
+    done = [[(e["document"], e["page"]) for e in share] for share in ranks]
+    assert done == [expected[0::2], expected[1::2]]  # round-robin, each page exactly once
+    for doc, page in expected:
+        assert (out / doc / f"page-{page:04d}.json").is_file()
+    pages_md = [(out / "doc" / f"page-000{i}.md").read_text(encoding="utf-8") for i in (1, 2, 3)]
+    assert (out / "doc" / "doc.md").read_text(encoding="utf-8") == combine_pages(pages_md)
+    assert (out / "a" / "a.md").is_file()

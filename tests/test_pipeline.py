@@ -1,0 +1,375 @@
+"""The batch pipeline (`deepseek_ocr.pipeline`) on the CPU with a 2-layer random checkpoint.
+
+The model runs for real in custom 128:128 mode (7 vision tokens) and in `tiny`, with a few
+new tokens, so that pages cost about a second. Fault tests (out of memory, grounding output)
+swap `ocr.generate` for a stand-in, because they are about what the pipeline does around it.
+
+Set DEEPSEEK_OCR_PIPELINE_CKPT to a folder made by
+`make_random_checkpoint(folder, layers=2, experts=4, topk=2, dtype=torch.float32)` to skip
+the ~20 s rebuild.
+"""
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import pypdfium2 as pdfium
+import pytest
+import torch
+from PIL import Image, ImageDraw
+
+from deepseek_ocr import DeepseekOCR, GenerationResult, make_random_checkpoint
+from deepseek_ocr.inputs import expand_inputs, iter_pages
+from deepseek_ocr.pipeline import ProgressReporter, run_pages, shard
+from deepseek_ocr.pipeline.runner import OutOfMemoryError
+from deepseek_ocr.postprocess import combine_pages, render_page
+from deepseek_ocr.processing.views import Mode
+
+FAST = Mode(128, 128, False, name="fast")  # 2x2 vision tokens: the cheapest mode the model takes
+GEN = {"max_new_tokens": 4}
+
+_CKPT: dict[str, object] = {}  # one checkpoint and one loaded model per session, for both test files
+
+
+def checkpoint_folder(tmp_path_factory) -> Path:
+    """The shared random checkpoint (built once per session, also for test_cli.py)."""
+    reuse = os.environ.get("DEEPSEEK_OCR_PIPELINE_CKPT")
+    if reuse and (Path(reuse) / "config.json").is_file():
+        return Path(reuse)
+    if "ckpt" not in _CKPT:
+        folder = tmp_path_factory.getbasetemp() / "pipeline_ckpt"
+        if not (folder / "config.json").is_file():
+            make_random_checkpoint(folder, layers=2, experts=4, topk=2, dtype=torch.float32)
+        _CKPT["ckpt"] = folder
+    return _CKPT["ckpt"]
+
+
+@pytest.fixture(scope="session")
+def ckpt(tmp_path_factory) -> Path:
+    return checkpoint_folder(tmp_path_factory)
+
+
+def loaded_model(tmp_path_factory) -> DeepseekOCR:
+    if "model" not in _CKPT:
+        _CKPT["model"] = DeepseekOCR.from_pretrained(checkpoint_folder(tmp_path_factory), device="cpu",
+                                                     dtype=torch.float32)
+    return _CKPT["model"]
+
+
+@pytest.fixture(scope="session")
+def ocr(tmp_path_factory) -> DeepseekOCR:
+    return loaded_model(tmp_path_factory)
+
+
+# ------------------------------------------------------------------------------ inputs
+def make_image(path: Path, size: tuple[int, int], text: str = "") -> Path:
+    img = Image.new("RGB", size, "white")
+    ImageDraw.Draw(img).text((8, 8), text or path.stem, fill="black")
+    img.save(path)
+    return path
+
+
+def make_pdf(path: Path, sizes: list[tuple[float, float]]) -> Path:
+    """A real PDF with one blank page per (width, height) in points."""
+    pdf = pdfium.PdfDocument.new()
+    for w, h in sizes:
+        pdf.new_page(w, h)
+    pdf.save(str(path))
+    pdf.close()
+    return path
+
+
+def truncated_png(path: Path, size=(90, 70)) -> Path:
+    """A PNG whose header is fine but whose pixel data is cut: fails only when decoded."""
+    full = path.with_suffix(".full.png")
+    Image.effect_noise(size, 50).convert("RGB").save(full)
+    data = full.read_bytes()
+    full.unlink()
+    path.write_bytes(data[: len(data) // 2])
+    return path
+
+
+def pages_of(*items) -> list:
+    return [p for doc in expand_inputs([str(i) for i in items]) for p in iter_pages(doc, dpi=72)]
+
+
+def list_tree(folder: Path) -> set[str]:
+    return {str(p.relative_to(folder)) for p in folder.rglob("*") if p.is_file()}
+
+
+def check_page_files(out: Path, outcome) -> dict:
+    """Every file of a done page exists, parses and agrees with the outcome; returns the json."""
+    doc, stem = outcome.page.document.name, f"page-{outcome.page.number:04d}"
+    folder = out / doc
+    record = json.loads((folder / f"{stem}.json").read_text())
+    result = outcome.result
+    raw = (folder / f"{stem}.raw.txt").read_text(encoding="utf-8")
+    assert raw == result.raw_text
+    image = outcome.page.load()
+    # The markdown is the post-processing of the stripped text, as the official code does.
+    expected = render_page(raw.strip(), image, page_name=stem)
+    assert (folder / f"{stem}.md").read_text(encoding="utf-8") == expected.markdown
+    with Image.open(folder / f"{stem}.boxes.jpg") as drawn:
+        assert drawn.size == image.size
+    tokens = record["tokens"]
+    assert tokens == {"prompt": result.prompt_tokens, "vision": result.vision_tokens,
+                      "valid_vision": result.valid_vision_tokens, "text": len(result.token_ids),
+                      "compression_ratio": result.compression_ratio}
+    assert len(result.token_ids) / result.valid_vision_tokens == tokens["compression_ratio"]
+    assert record["token_ids"] == result.token_ids
+    assert record["finish_reason"] == result.finish_reason
+    assert record["page"] == outcome.page.number and record["source"] == str(outcome.page.document.path)
+    assert (record["width"], record["height"]) == image.size
+    assert record["boxes"] == expected.boxes and record["problems"] == expected.problems
+    assert set(record["timings"]) >= {"prepare_s", "generate_s", "render_s"}
+    assert not (folder / f"{stem}.error.json").exists()
+    return record
+
+
+def no_temporaries(out: Path) -> None:
+    assert not [p for p in out.rglob("*") if p.name.endswith(".tmp")]
+
+
+# ------------------------------------------------------------------------------- tests
+def test_pdf_and_images_in_two_modes_in_order(ocr, tmp_path, monkeypatch):
+    src = tmp_path / "in"
+    src.mkdir()
+    make_pdf(src / "report.pdf", [(100, 140), (140, 100), (120, 120)])  # 72 dpi: pixels = points
+    make_image(src / "a.png", (150, 110))
+    make_image(src / "b.png", (90, 160))
+    pages = pages_of(src)
+    assert [(p.document.name, p.number) for p in pages] == [
+        ("a", 1), ("b", 1), ("report", 1), ("report", 2), ("report", 3)]
+    sizes = [(150, 110), (90, 160), (100, 140), (140, 100), (120, 120)]
+
+    # Spy on generate: each result remembers the picture size it was made from, so a result
+    # handed to the wrong page (batching, threads) shows.
+    real_generate, batches = ocr.generate, []
+
+    def spy(batch, **kw):
+        batches.append(len(batch))
+        results = real_generate(batch, **kw)
+        for inp, res in zip(batch, results):
+            res.extras["size"] = inp.original_size
+        return results
+
+    monkeypatch.setattr(ocr, "generate", spy)
+    out = tmp_path / "out"
+    outcomes = list(run_pages(ocr, pages, prompt="<image>\nFree OCR.", mode=FAST, batch_size=3,
+                              workers=2, out_dir=out, **GEN))
+    assert batches == [3, 2]
+    assert [o.page for o in outcomes] == pages
+    assert [o.result.extras["size"] for o in outcomes] == sizes
+    assert all(o.status == "ok" and o.error is None for o in outcomes)
+    for o in outcomes:
+        assert o.result.finish_reason == "length" and len(o.result.token_ids) == 4
+        record = check_page_files(out, o)
+        assert record["mode"]["base_size"] == 128
+    report_md = [(out / "report" / f"page-000{i}.md").read_text(encoding="utf-8") for i in (1, 2, 3)]
+    assert (out / "report" / "report.md").read_text(encoding="utf-8") == combine_pages(report_md)
+    assert (out / "a" / "a.md").read_text(encoding="utf-8") == (out / "a" / "page-0001.md").read_text(encoding="utf-8")
+    no_temporaries(out)
+
+    # Second mode (tiny, 512 px), a page of each kind, no output folder: results only.
+    batches.clear()
+    tiny = list(run_pages(ocr, [pages[0], pages[3]], mode="tiny", batch_size=2, workers=1, **GEN))
+    assert batches == [2]
+    assert [o.result.extras["size"] for o in tiny] == [sizes[0], sizes[3]]
+    # tiny: 8x8 tokens + a newline per row + the separator; 4 vision tokens at 128:128.
+    assert [o.result.vision_tokens for o in tiny] == [8 * 9 + 1] * 2
+    assert outcomes[0].result.vision_tokens == 2 * 3 + 1
+    assert all(o.render is not None and o.record["status"] == "ok" for o in tiny)
+
+
+def test_corrupt_file_in_the_middle_of_a_batch(ocr, tmp_path):
+    src = tmp_path / "in"
+    src.mkdir()
+    make_image(src / "p1.png", (100, 80))
+    truncated_png(src / "p2.png")
+    make_image(src / "p3.png", (80, 100))
+    pages = pages_of(src / "p1.png", src / "p2.png", src / "p3.png")
+    out = tmp_path / "out"
+    seen = []
+    outcomes = list(run_pages(ocr, pages, mode=FAST, batch_size=3, workers=2, out_dir=out,
+                              on_page=lambda o: seen.append(o.page.document.name), **GEN))
+    assert seen == ["p1", "p2", "p3"] == [o.page.document.name for o in outcomes]
+    assert [o.status for o in outcomes] == ["ok", "failed", "ok"]
+    bad = outcomes[1]
+    assert bad.error_type == "InvalidImageError" and "p2.png" in bad.error and bad.result is None
+    error = json.loads((out / "p2" / "page-0001.error.json").read_text())
+    assert error["status"] == "failed" and error["error_type"] == "InvalidImageError"
+    assert not (out / "p2" / "page-0001.json").exists() and not (out / "p2" / "p2.md").exists()
+    for o in (outcomes[0], outcomes[2]):
+        check_page_files(out, o)
+
+
+def test_interrupted_run_leaves_complete_files_and_resumes(ocr, tmp_path):
+    src = tmp_path / "in"
+    src.mkdir()
+    make_pdf(src / "doc.pdf", [(100, 100), (110, 90), (90, 110), (100, 120)])
+    pages = pages_of(src / "doc.pdf")
+    out = tmp_path / "out"
+    done = []
+
+    def stop_after_two(outcome):
+        done.append(outcome.page.number)
+        if len(done) == 2:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        for _ in run_pages(ocr, pages, mode=FAST, batch_size=3, workers=2, out_dir=out,
+                           on_page=stop_after_two, **GEN):
+            pass
+    no_temporaries(out)
+    assert list_tree(out) == {f"doc/page-000{i}.{ext}" for i in (1, 2)
+                              for ext in ("md", "raw.txt", "boxes.jpg", "json")}
+    first = {i: (out / "doc" / f"page-000{i}.json").read_bytes() for i in (1, 2)}
+
+    calls = []
+    real_generate = ocr.generate
+
+    def counting(batch, **kw):
+        calls.append(len(batch))
+        return real_generate(batch, **kw)
+
+    ocr.generate = counting
+    try:
+        outcomes = list(run_pages(ocr, pages, mode=FAST, batch_size=3, workers=2, out_dir=out, **GEN))
+    finally:
+        del ocr.generate
+    assert calls == [2]  # only pages 3 and 4 ran
+    assert [o.status for o in outcomes] == ["skipped", "skipped", "ok", "ok"]
+    for o in outcomes[:2]:  # read back from the first run's files
+        record = json.loads(first[o.page.number])
+        assert o.record == record and o.result.token_ids == record["token_ids"]
+        assert o.result.raw_text == (out / "doc" / f"page-000{o.page.number}.raw.txt").read_text(encoding="utf-8")
+    for o in outcomes[2:]:
+        check_page_files(out, o)
+    assert {i: (out / "doc" / f"page-000{i}.json").read_bytes() for i in (1, 2)} == first
+    md = [(out / "doc" / f"page-000{i}.md").read_text(encoding="utf-8") for i in (1, 2, 3, 4)]
+    assert (out / "doc" / "doc.md").read_text(encoding="utf-8") == combine_pages(md)
+    no_temporaries(out)
+
+
+def fake_result(inp, text: str, ids=(11, 12, 13)) -> GenerationResult:
+    return GenerationResult(text=text.strip(), token_ids=list(ids), finish_reason="stop",
+                            prompt_tokens=inp.num_tokens, vision_tokens=inp.num_vision_tokens,
+                            valid_vision_tokens=inp.valid_vision_tokens, raw_text=text)
+
+
+def test_out_of_memory_splits_the_batch(ocr, tmp_path, monkeypatch):
+    src = tmp_path / "in"
+    src.mkdir()
+    widths = [70, 71, 72, 73, 74, 75]
+    for i, w in enumerate(widths):
+        make_image(src / f"img{i}.png", (w, 64))
+    pages = pages_of(*(src / f"img{i}.png" for i in range(len(widths))))
+    poison = 73  # the page that does not fit even alone
+    calls = []
+
+    def generate(batch, **kw):
+        ws = [inp.original_size[0] for inp in batch]
+        calls.append(ws)
+        if len(batch) > 2 or poison in ws:
+            raise OutOfMemoryError("CUDA out of memory (simulated)")
+        return [fake_result(inp, f"width {w}") for inp, w in zip(batch, ws)]
+
+    monkeypatch.setattr(ocr, "generate", generate)
+    outcomes = list(run_pages(ocr, pages, mode=FAST, batch_size=6, workers=2, out_dir=tmp_path / "out"))
+    assert [o.page for o in outcomes] == pages
+    assert [o.status for o in outcomes] == ["ok", "ok", "ok", "failed", "ok", "ok"]
+    assert [o.result.text for o in outcomes if o.status == "ok"] == [f"width {w}" for w in widths if w != poison]
+    assert outcomes[3].error_type == "OutOfMemoryError"
+    # 6 -> 3 + 3; 3 -> 2 + 1; the poisoned page's pair -> 1 + 1.
+    assert calls == [[70, 71, 72, 73, 74, 75], [70, 71, 72], [70, 71], [72], [73, 74, 75],
+                     [73, 74], [73], [74], [75]]
+    assert (tmp_path / "out" / "img3" / "page-0001.error.json").is_file()
+
+
+def test_grounded_output_writes_boxes_and_crops(ocr, tmp_path, monkeypatch):
+    make_image(tmp_path / "fig.png", (300, 400))
+    pages = pages_of(tmp_path / "fig.png")
+    text = ("<|ref|>title<|/ref|><|det|>[[100, 50, 900, 150]]<|/det|>\nResults\n\n"
+            "<|ref|>image<|/ref|><|det|>[[100, 200, 600, 700]]<|/det|>\n")
+    monkeypatch.setattr(ocr, "generate", lambda batch, **kw: [fake_result(i, text) for i in batch])
+    out = tmp_path / "out"
+    (o,) = run_pages(ocr, pages, mode=FAST, out_dir=out)
+    record = json.loads((out / "fig" / "page-0001.json").read_text())
+    # Pixel boxes by hand: int(v / 999 * size) on the 300 x 400 page.
+    assert [b["box"] for b in record["boxes"]] == [[30, 20, 270, 60], [30, 80, 180, 280]]
+    assert [b["label"] for b in record["boxes"]] == ["title", "image"]
+    assert record["boxes"][1]["crop"] == "images/page-0001-0.jpg"
+    with Image.open(out / "fig" / "images" / "page-0001-0.jpg") as crop:
+        assert crop.size == (150, 200)
+    md = (out / "fig" / "page-0001.md").read_text(encoding="utf-8")
+    assert "![](images/page-0001-0.jpg)" in md and "<|ref|>" not in md and "Results" in md
+    assert record["files"]["crops"] == ["images/page-0001-0.jpg"]
+    check_page_files(out, o)
+
+
+def test_arguments_are_checked_at_the_call(ocr):
+    with pytest.raises(ValueError):
+        run_pages(ocr, [], batch_size=0)
+    with pytest.raises(ValueError):
+        run_pages(ocr, [], prompt="no image tag")
+    with pytest.raises(TypeError):
+        run_pages(ocr, [], max_new_tokenz=3)
+
+
+@pytest.mark.parametrize("world", [1, 2, 3, 4])
+def test_shards_partition_the_pages(world):
+    for n in (0, 1, 5, 7, 12):
+        items = list(range(n))
+        shares = [shard(items, r, world) for r in range(world)]
+        assert sorted(x for s in shares for x in s) == items  # complete, nothing twice
+        assert max(map(len, shares)) - min(map(len, shares)) <= 1  # balanced
+        assert shares[0] == items[0::world]  # round-robin: page i goes to rank i % world
+    with pytest.raises(ValueError):
+        shard([1], world, world)
+
+
+class _Stream:
+    def __init__(self, tty: bool):
+        self.tty, self.text = tty, ""
+
+    def isatty(self):
+        return self.tty
+
+    def write(self, s):
+        self.text += s
+
+    def flush(self):
+        pass
+
+
+def test_progress_reporter_lines():
+    now = [0.0]
+    plain = _Stream(False)
+    rep = ProgressReporter(4, stream=plain, interval=10.0, clock=lambda: now[0])
+    now[0] = 2.0
+    rep.update(status="ok", tokens=30)  # first update draws
+    now[0] = 4.0
+    rep.update(status="skipped")  # within the interval: no line
+    now[0] = 5.0
+    rep.update(status="failed")
+    now[0] = 8.0
+    rep.update(status="ok", tokens=10)  # the last page always draws
+    rep.close()
+    lines = plain.text.splitlines()
+    assert len(lines) == 2 and "\r" not in plain.text
+    assert lines[0].startswith("pages 1/4 (25%)  0.50 pages/s  15.0 tok/s")
+    # 3 pages cost model time in 8 s (the skipped one does not); 40 tokens / 8 s.
+    assert lines[1].startswith("pages 4/4 (100%)  0.38 pages/s  5.0 tok/s")
+    assert "ETA 00:00" in lines[1] and "failed 1" in lines[1] and "skipped 1" in lines[1]
+
+    tty = _Stream(True)
+    now[0] = 0.0
+    rep = ProgressReporter(10, stream=tty, clock=lambda: now[0])
+    now[0] = 10.0
+    rep.update(status="ok")
+    now[0] = 20.0
+    rep.update(status="ok")
+    rep.close()
+    assert tty.text.count("\r") == 2 and tty.text.endswith("\n") and tty.text.count("\n") == 1
+    assert "ETA 01:20" in tty.text  # 8 pages left at 0.1 pages/s
