@@ -1,0 +1,66 @@
+"""Pages per second through the library's batch pipeline: Gundam pages, outputs forced to N tokens.
+
+    python benchmarks/bench_pages.py --pages 256 --tokens 1000 --batch-size 256 --out pages.json
+
+Full-size random official-layout weights in bf16 (random weights never emit EOS, so the output
+length is forced with `ignore_eos`). Pages are generated 1280 x 1920 documents (6 crops of 640
+plus the global view, 913 prompt tokens); decoding, preprocessing (worker threads), vision,
+prefill, decode and writing every output file (markdown, raw text, JSON, drawn page) are all
+timed, as a user running the command would see them.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+from deepseek_ocr import DeepseekOCR, make_random_checkpoint
+from deepseek_ocr.inputs import Document, PageRef
+from deepseek_ocr.pipeline import run_pages
+
+from bench_decode import gundam_page  # noqa: E402  (same synthetic page)
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--folder", default="/tmp/full")
+    ap.add_argument("--pages", type=int, default=256)
+    ap.add_argument("--tokens", type=int, default=1000)
+    ap.add_argument("--batch-size", type=int, default=256)
+    ap.add_argument("--workers", type=int, default=8)
+    ap.add_argument("--out", default="bench_pages.json")
+    a = ap.parse_args()
+    folder = Path(a.folder)
+    if not (folder / "config.json").is_file():
+        make_random_checkpoint(folder, layers=12, experts=64, topk=6)
+    ocr = DeepseekOCR.from_pretrained(folder, device="cuda", dtype="bfloat16")
+    page = gundam_page()
+    with tempfile.TemporaryDirectory() as tmp:
+        src = Path(tmp) / "page.png"
+        page.save(src)
+        doc = Document(path=src, kind="image", name="bench")
+        refs = [PageRef(document=doc, index=i, number=i + 1, load=lambda: page.copy()) for i in range(a.pages)]
+        warm = list(run_pages(ocr, refs[:2], batch_size=2, workers=2, max_new_tokens=8, ignore_eos=True))
+        assert all(o.error is None for o in warm), [o.error for o in warm]
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+        t = time.perf_counter()
+        outs = list(run_pages(ocr, refs, batch_size=a.batch_size, workers=a.workers, out_dir=Path(tmp) / "out",
+                              resume=False, max_new_tokens=a.tokens, ignore_eos=True))
+        torch.cuda.synchronize()
+        secs = time.perf_counter() - t
+    tokens = sum(len(o.result.token_ids) for o in outs if o.result is not None)
+    res = {"device": torch.cuda.get_device_name(), "pages": a.pages, "tokens_per_page": a.tokens,
+           "batch_size": a.batch_size, "seconds": round(secs, 1), "pages_per_s": round(a.pages / secs, 2),
+           "output_tokens_per_s": round(tokens / secs), "failed": sum(o.error is not None for o in outs),
+           "peak_gb": round(torch.cuda.max_memory_allocated() / 2**30, 2)}
+    Path(a.out).write_text(json.dumps(res, indent=1))
+    print(json.dumps(res, indent=1))
+
+
+if __name__ == "__main__":
+    main()
