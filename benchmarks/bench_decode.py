@@ -189,13 +189,17 @@ def main():
     kernels.set_enabled(False)
     res["decode_ms_b1_reference"] = round(decode_slope(ours(1, False), 1, 8, 40), 3)
     kernels.set_enabled(True)
-    res["decode_ms_b1_triton_graph"] = round(decode_slope(ours(1, True), 1, 32, 160), 3)
-    if floor:
-        res["decode_b1_floor_fraction"] = round(floor / res["decode_ms_b1_triton_graph"], 3)
-    for b in (64, 256):
-        ms = decode_slope(ours(b, True), b, 32, 160)
-        res[f"decode_tok_s_b{b}_triton_graph"] = round(b / ms * 1e3)
-        res[f"peak_gb_b{b}_triton_graph"] = peak_gb(lambda: ours(b, True)(64))
+    try:
+        res["decode_ms_b1_triton_graph"] = round(decode_slope(ours(1, True), 1, 32, 160), 3)
+        if floor:
+            res["decode_b1_floor_fraction"] = round(floor / res["decode_ms_b1_triton_graph"], 3)
+        for b in (64, 256):
+            ms = decode_slope(ours(b, True), b, 32, 160)
+            res[f"decode_tok_s_b{b}_triton_graph"] = round(b / ms * 1e3)
+            res[f"peak_gb_b{b}_triton_graph"] = peak_gb(lambda: ours(b, True)(64))
+    except Exception as err:  # noqa: BLE001 - report and keep the other contenders' numbers
+        res["triton_graph_error"] = f"{type(err).__name__}: {err}"[:2000]
+    print(json.dumps(res), flush=True)
     if a.compile:  # the same path with torch.compile fusing the glue between our kernels
         from deepseek_ocr.generation.fast_loop import DecodeEngine
         try:

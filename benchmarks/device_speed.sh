@@ -5,8 +5,8 @@
 # Needs .shared/ (a copy of ../shared) and .whl/ (Pillow 13 wheel) carried; see device_run.sh.
 set -u
 export PYTHONUNBUFFERED=1 PYTHONPATH=$PWD:$PWD/benchmarks
-if ls .whl/pillow-*.whl >/dev/null 2>&1; then
-  python -m pip install -q --no-index --no-deps --target /tmp/site .whl/pillow-*.whl && export PYTHONPATH=/tmp/site:$PYTHONPATH
+if ls .whl/*.whl >/dev/null 2>&1; then
+  python -m pip install -q --no-index --no-deps --target /tmp/site .whl/*.whl && export PYTHONPATH=/tmp/site:$PYTHONPATH
 fi
 OUT=${OUT:-/tmp/out}; mkdir -p "$OUT"
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv | tee "$OUT/device.txt"

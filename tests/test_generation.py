@@ -17,19 +17,30 @@ TEXT_PROMPTS = ["The capital of France is", "def main():\n\tpass", "year 2026, p
 
 @contextlib.contextmanager
 def forced_logits(model, edit):
-    """Apply `edit(call_index, logits)` to every lm_head output (call 0 is the prefill)."""
+    """Apply `edit(call_index, logits)` to the last-position logits `[B, V]` of every lm_head call
+    (call 0 is the prefill), on the reference loop and on the fast loop alike.
+
+    Python hooks do not run when a CUDA graph replays, so the fast loop runs uncaptured here.
+    """
+    from deepseek_ocr.generation.fast_loop import DecodeEngine
     calls = [0]
 
     def hook(_module, _inp, out):
-        edit(calls[0], out)
+        edit(calls[0], out[:, -1] if out.dim() == 3 else out)
         calls[0] += 1
         return out
 
     handle = model.model.decoder.lm_head.register_forward_hook(hook)
+    engine = getattr(model, "_decode_engine", None)
+    model._decode_engine = DecodeEngine(model, use_graphs=False)
     try:
         yield
     finally:
         handle.remove()
+        model._decode_engine = engine
+
+
+FAST = pytest.mark.parametrize("fast", [False, True], ids=["reference_loop", "fast_loop"])
 
 
 @pytest.fixture(scope="module")
@@ -79,38 +90,41 @@ def test_sampling_is_seeded(small_model):
     assert a.token_ids != c.token_ids
 
 
-def test_eos_stops_one_row_only(small_model):
+@FAST
+def test_eos_stops_one_row_only(small_model, fast):
     eos = small_model.tokenizer.eos_id
 
     def edit(call, logits):  # the batch's first row emits EOS at its 3rd generated token
         if call == 2:
-            logits[0, -1, eos] = 1e4
+            logits[0, eos] = 1e4
 
     with forced_logits(small_model, edit):
-        a, b = small_model.generate([None, None], prompt=TEXT_PROMPTS[:2], max_new_tokens=5)
+        a, b = small_model.generate([None, None], prompt=TEXT_PROMPTS[:2], max_new_tokens=5, fast=fast)
     assert a.finish_reason == "stop" and len(a.token_ids) == 2 and eos not in a.token_ids
     assert b.finish_reason == "length" and len(b.token_ids) == 5
 
 
-def test_ignore_eos(small_model):
+@FAST
+def test_ignore_eos(small_model, fast):
     eos = small_model.tokenizer.eos_id
 
     def edit(call, logits):
-        logits[:, -1, eos] = 1e4
+        logits[:, eos] = 1e4
 
     with forced_logits(small_model, edit):
         r = small_model.generate(None, prompt=TEXT_PROMPTS[0], max_new_tokens=3, ignore_eos=True,
-                                 no_repeat_ngram_size=None)
+                                 no_repeat_ngram_size=None, fast=fast)
     assert r.token_ids == [eos] * 3 and r.finish_reason == "length"
 
 
-def test_nan_fails_only_its_row(small_model):
+@FAST
+def test_nan_fails_only_its_row(small_model, fast):
     def edit(call, logits):
         if call == 1:
-            logits[1, -1, 5] = float("nan")
+            logits[1, 5] = float("nan")
 
     with forced_logits(small_model, edit):
-        a, b = small_model.generate([None, None], prompt=TEXT_PROMPTS[:2], max_new_tokens=4)
+        a, b = small_model.generate([None, None], prompt=TEXT_PROMPTS[:2], max_new_tokens=4, fast=fast)
     assert a.finish_reason == "length" and len(a.token_ids) == 4
     assert b.finish_reason == "error" and "NaN" in b.error and len(b.token_ids) == 1
 
@@ -120,15 +134,16 @@ def brute_force_ngram_ok(ids, n):
     return len(grams) == len(set(grams))
 
 
-def test_official_no_repeat_ngram_rule(small_model):
+@FAST
+def test_official_no_repeat_ngram_rule(small_model, fast):
     favourite = 1234
 
     def edit(call, logits):  # without a ban, greedy would repeat one token forever
-        logits[:, -1, favourite] = 1e4
+        logits[:, favourite] = 1e4
 
     with forced_logits(small_model, edit):
-        r = small_model.generate(None, prompt=TEXT_PROMPTS[0], max_new_tokens=12, no_repeat_ngram_size=3)
-        free = small_model.generate(None, prompt=TEXT_PROMPTS[0], max_new_tokens=5, no_repeat_ngram_size=None)
+        r = small_model.generate(None, prompt=TEXT_PROMPTS[0], max_new_tokens=12, no_repeat_ngram_size=3, fast=fast)
+        free = small_model.generate(None, prompt=TEXT_PROMPTS[0], max_new_tokens=5, no_repeat_ngram_size=None, fast=fast)
     assert free.token_ids == [favourite] * 5
     prompt_ids = small_model.prepare(None, TEXT_PROMPTS[0]).input_ids.tolist()
     assert brute_force_ngram_ok(prompt_ids + r.token_ids, 3)
@@ -139,7 +154,7 @@ def test_windowed_rule_and_whitelist(small_model):
     td = small_model.tokenizer.token_to_id("<td>")
 
     def edit(call, logits):
-        logits[:, -1, td] = 1e4
+        logits[:, td] = 1e4
 
     with forced_logits(small_model, edit):
         r = small_model.generate(None, prompt=TEXT_PROMPTS[0], max_new_tokens=10, no_repeat_ngram_size=None,
@@ -152,7 +167,7 @@ def test_windowed_rule_and_whitelist(small_model):
 
 def test_repetition_is_detected(small_model):
     def edit(call, logits):
-        logits[:, -1, 4321] = 1e4
+        logits[:, 4321] = 1e4
 
     with forced_logits(small_model, edit):
         r = small_model.generate(None, prompt=TEXT_PROMPTS[0], max_new_tokens=400,

@@ -39,7 +39,7 @@ logger = logging.getLogger(__name__)
 
 CHUNK = 16
 _BUCKETS = (1, 2, 4, 8, 16, 24, 32, 48, 64, 96, 128, 192, 256, 384, 512)
-_SLOT_ROUND = 256
+_SLOT_ROUND = 512
 
 
 def bucket_for(batch: int) -> int:
@@ -95,7 +95,9 @@ class DecodeEngine:
         # torch.compile fuses the small elementwise ops between our kernels (norms, rotary,
         # residual adds); the graph then replays the fused step. Costs a compile on first use.
         self.step_fn = torch.compile(self.fast.step, dynamic=False) if compile else self.fast.step
-        self.pool = torch.cuda.graph_pool_handle() if self.use_graphs else None
+        # Each graph gets its own memory pool: graphs are dropped when a cache grows, and a pool
+        # shared with a freed graph cannot take a new capture (a CUDA caching-allocator assert).
+        self.pool = None
         self._graphs: dict[tuple[int, int], _Graph] = {}
 
     def graph(self, batch: int, capacity: int) -> _Graph:
@@ -113,6 +115,23 @@ class DecodeEngine:
 
 def _round_slots(n: int, limit: int) -> int:
     return min(limit, -(-n // _SLOT_ROUND) * _SLOT_ROUND)
+
+
+def _initial_capacity(eng: "DecodeEngine", rows: int, longest: int, budget: int, context: int) -> int:
+    """Slots to start with: the prompt plus 1,024 new tokens (rounded), so that calls of
+    different lengths reuse one captured graph; only what the call needs when that would take
+    more than half of the free GPU memory. The cache doubles later if a row gets there."""
+    roomy = _round_slots(longest + 1024, context)
+    tight = _round_slots(longest + min(budget, 1024), context)
+    if eng.use_graphs and roomy > tight:
+        cfg = eng.fast.cfg
+        w = eng.fast.decoder.lm_head.weight
+        need = StaticKVCache.nbytes_for(cfg.num_layers, rows, cfg.num_heads, cfg.head_dim, roomy, w.dtype)
+        free, _ = torch.cuda.mem_get_info(w.device)
+        if need > free // 2:
+            return tight
+    existing = [cap for (b, cap) in eng._graphs if b == rows and cap >= tight]
+    return existing[0] if existing else (roomy if eng.use_graphs else tight)
 
 
 def engine_for(ocr: "DeepseekOCR") -> DecodeEngine:
@@ -141,7 +160,7 @@ def fast_decode_steps(ocr: "DeepseekOCR", batch: Sequence["PreparedInputs"], opt
         lengths = [e.shape[0] for e in embeds]
         longest = max(lengths)
         cu = torch.tensor([0] + lengths, device=device).cumsum(0).to(torch.int32)
-        capacity = _round_slots(longest + min(budget, 1024), context)
+        capacity = _initial_capacity(eng, rows, longest, budget, context)
         g = eng.graph(rows, capacity)
         g.cache.seqlens.zero_()
         logits = eng.fast.prefill(torch.cat(embeds), cu, longest, g.cache)  # (rows, V)
