@@ -2,6 +2,7 @@
 # Device runs for the speed work, in two phases (each fits one 10-minute device call):
 #   bash benchmarks/device_speed.sh tests   # GPU tests (kernels at real sizes, fast path, parity) + kernel benchmarks
 #   bash benchmarks/device_speed.sh e2e     # end-to-end contenders (bench_decode.py) + the 256-page pipeline run
+#   bash benchmarks/device_speed.sh pages   # the 256-page pipeline run + a kernel profile of one decode step and one encode
 # Needs .shared/ (a copy of ../shared) and .whl/ (Pillow 13 wheel) carried; see device_run.sh.
 set -u
 export PYTHONUNBUFFERED=1 PYTHONPATH=$PWD:$PWD/benchmarks
@@ -26,5 +27,9 @@ tests)
 e2e)
   timeout 420 python benchmarks/bench_decode.py --compile --out "$OUT/bench_decode.json" 2>&1 | tail -50
   timeout 150 python benchmarks/bench_pages.py --pages 256 --tokens 1000 --out "$OUT/bench_pages.json" 2>&1 | tail -20
+  ;;
+pages)
+  timeout 200 python benchmarks/bench_pages.py --pages 256 --tokens 1000 --out "$OUT/bench_pages.json" 2>&1 | tail -20
+  timeout 150 python benchmarks/profile_step.py --out "$OUT/profile.txt" 2>&1 | grep -E "kernels per step|Gundam page encode"
   ;;
 esac

@@ -207,11 +207,18 @@ def _config(n: int, w: int, dtype: torch.dtype) -> dict:
             "num_stages": 3}
 
 
+_MAX_GRID_Y = 65535
+
+
 def _launch(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, rel_pos_h: torch.Tensor,
             rel_pos_w: torch.Tensor, h: int, w: int, config: dict | None = None) -> torch.Tensor:
     """Compute the bias terms and run the kernel; inputs already validated."""
-    q, k, v = (t if t.stride(-1) == 1 else t.contiguous() for t in (q, k, v))
     b, nh, n, d = q.shape
+    max_b = _MAX_GRID_Y // nh
+    if b > max_b:  # a CUDA grid's second dimension holds at most 65,535 programs (B * heads)
+        return torch.cat([_launch(q[s:s + max_b], k[s:s + max_b], v[s:s + max_b], rel_pos_h,
+                                  rel_pos_w, h, w, config) for s in range(0, b, max_b)])
+    q, k, v = (t if t.stride(-1) == 1 else t.contiguous() for t in (q, k, v))
     rel_h, rel_w = _rel_tables(q, rel_pos_h, rel_pos_w, (h, w))
     # (B, N, nh, D) memory seen as (B, nh, N, D): the caller's transpose(1, 2).reshape is free.
     out = torch.empty((b, n, nh, d), device=q.device, dtype=q.dtype).transpose(1, 2)

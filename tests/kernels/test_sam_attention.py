@@ -241,3 +241,16 @@ def test_real_global_six_640_tiles():
 @cuda_only
 def test_real_windows_of_a_1024_view():
     _check_real_size(25, (14, 14), 27)  # 64x64 padded to 70x70: 5x5 windows of 196 tokens
+
+
+def test_batches_past_the_grid_limit_are_split(monkeypatch):
+    """B * heads over CUDA's 65,535 second grid dimension (hundreds of pages' windows at once)
+    runs in chunks; here the limit is lowered so that a small case exercises the split."""
+    import deepseek_ocr.kernels.sam_attention as sa
+    torch.manual_seed(0)
+    q, k, v = (torch.randn(5, 2, 16, 16) for _ in range(3))
+    rh, rw = torch.randn(7, 16), torch.randn(7, 16)
+    whole = sa.sam_attention_reference(q, k, v, rh, rw, (4, 4))
+    monkeypatch.setattr(sa, "_MAX_GRID_Y", 4)  # 2 rows of the batch per launch
+    out = sa._launch(q, k, v, rh, rw, 4, 4)
+    torch.testing.assert_close(out, whole, rtol=1e-4, atol=1e-4)
