@@ -341,6 +341,12 @@ def _(x, router_weight, top_k, norm_topk_prob, scaling):
     return (x.new_empty((n, top_k), dtype=torch.float32), x.new_empty((n, top_k), dtype=torch.int64))
 
 
+# Below this many tokens the kernel's grid is a handful of programs and cuBLAS's float32 GEMV
+# plus softmax/top-k is faster: profiled on an H100 (benchmarks/profile_step.py), one decode token
+# took 59 us in the kernel per layer.
+ROUTE_KERNEL_MIN_TOKENS = 128
+
+
 def _route_seam(router: torch.nn.Module, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor] | None:
     """`moe_route` implementation for `decoder.moe.Router`: the kernel, or None (the reference runs)."""
     w = router.weight
@@ -349,6 +355,8 @@ def _route_seam(router: torch.nn.Module, x: torch.Tensor) -> tuple[torch.Tensor,
         return None
     if torch.is_grad_enabled() and (x.requires_grad or w.requires_grad):
         return None  # the op has no backward: let autograd record the reference
+    if x.is_cuda and x.shape[0] < ROUTE_KERNEL_MIN_TOKENS:
+        return None
     cfg = router.cfg
     check_route_inputs(x, w, cfg.num_experts_per_tok)
     return torch.ops.deepseek_ocr.moe_route(x, w, cfg.num_experts_per_tok, bool(cfg.norm_topk_prob),
