@@ -103,3 +103,15 @@ def golden(shared_dir):
 def golden_stages(shared_dir):
     from safetensors import safe_open
     return safe_open(str(shared_dir / "parity" / "golden_stages.safetensors"), "pt")
+
+
+@pytest.fixture(autouse=True)
+def _triton_on_cpu_in_kernel_tests(request):
+    """Tests under tests/kernels drive the Triton kernels on CPU tensors through the interpreter
+    (no GPU here); elsewhere CPU tensors take the reference path, as in the library."""
+    if request.node.path.parent.name != "kernels":
+        yield
+        return
+    from deepseek_ocr.kernels import triton_on_cpu
+    with triton_on_cpu():
+        yield
