@@ -297,6 +297,9 @@ def group_pairs(ids: torch.Tensor, num_experts: int, block_m: int) -> Grouping:
         return Grouping(sorted_pairs, block_expert, counts, offsets, block_m)
     block_e = _experts_tile(num_experts)
     chunk = 256 if block_e <= 64 else 64  # the (CHUNK, BLOCK_E) one-hot tile stays ~16K values
+    # A decode step has a few pairs: a 256-row scan tile for 6 pairs made this 45 us per layer
+    # on an H100 (benchmarks/profile_step.py); size the tile to the pairs instead.
+    chunk = min(chunk, max(16, triton.next_power_of_2(n_pairs)))
     n_chunks = triton.cdiv(n_pairs, chunk)
     chunk_counts = torch.empty((n_chunks, block_e), dtype=torch.int32, device=dev)
     _chunk_count_kernel[(n_chunks,)](flat, chunk_counts, n_pairs, num_experts,

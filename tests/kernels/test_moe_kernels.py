@@ -171,7 +171,8 @@ def test_seams_follow_the_modules():
         router.weight.copy_(randn(8, 64, seed=11))
         experts.gate_up.copy_(randn(8, 64, 64, seed=12, scale=0.125))
         experts.down.copy_(randn(8, 64, 32, seed=13, scale=0.18))
-    x = randn(9, 64, seed=14)
+    # Past the size where the route seam hands one-token decode steps to cuBLAS on CUDA.
+    x = randn(moe_routing.ROUTE_KERNEL_MIN_TOKENS + 3, 64, seed=14)
     with torch.no_grad(), triton_on_cpu():
         weights, ids = moe_routing._route_seam(router, x)
         y = moe_grouped._experts_seam(experts, x, weights, ids)
@@ -183,6 +184,9 @@ def test_seams_follow_the_modules():
     with triton_on_cpu():  # with autograd recording (parameters need grad), the reference runs
         assert moe_routing._route_seam(router, x) is None
         assert moe_grouped._experts_seam(experts, x, weights, ids) is None
+    if device == "cuda":  # a decode-sized batch takes the reference router on CUDA
+        with torch.no_grad():
+            assert moe_routing._route_seam(router, x[:9]) is None
     if device == "cpu":  # without the opt-in, CPU tensors keep the reference path
         with triton_on_cpu(False):
             assert moe_routing._route_seam(router, x) is None
