@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import importlib
 import math
-import types
 
 import numpy as np
 import pytest
@@ -27,18 +26,8 @@ from deepseek_ocr import kernels  # noqa: E402
 from deepseek_ocr.errors import KernelError  # noqa: E402
 
 
-def _kernel_module(name: str) -> types.ModuleType:
-    """Import `deepseek_ocr.kernels.<name>` without losing the package's seam function of the same
-    name: importing a submodule sets it as an attribute of its package, replacing the function."""
-    seam = kernels.__dict__.get(name)
-    module = importlib.import_module(f"{kernels.__name__}.{name}")
-    if seam is not None and not isinstance(seam, types.ModuleType):
-        setattr(kernels, name, seam)
-    return module
-
-
-pre = _kernel_module("attention_prefill")
-dec = _kernel_module("attention_decode")
+pre = importlib.import_module("deepseek_ocr.kernels.attention_prefill")
+dec = importlib.import_module("deepseek_ocr.kernels.attention_decode")
 _IMPLS = kernels._IMPLS
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
