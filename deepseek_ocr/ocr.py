@@ -14,11 +14,11 @@ from typing import Iterator, Sequence
 import torch
 
 from .config import ModelConfig
-from .errors import DeepseekOCRError
+from .errors import DeepseekOCRError, PromptError
 from .generation.generate import GenerationResult, generate, stream
 from .modeling import DeepseekOCRModel
 from .processing.image_io import DEFAULT_MAX_PIXELS, load_image
-from .processing.prompt import PreparedInputs, build_inputs
+from .processing.prompt import PreparedInputs, build_inputs, with_answer
 from .processing.tokenizer import Tokenizer
 from .processing.views import Mode, make_views, resolve_mode
 from .weights.loading import DEFAULT_REPO, load_model, resolve_checkpoint
@@ -114,7 +114,8 @@ class DeepseekOCR:
         return self.model.decoder.lm_head.weight.dtype
 
     # ----------------------------------------------------------------------- preprocessing
-    def prepare(self, image=None, prompt: str | None = None, mode: str | Mode = "gundam") -> PreparedInputs:
+    def prepare(self, image=None, prompt: str | None = None, mode: str | Mode = "gundam",
+                answer: str | None = None) -> PreparedInputs:
         """Build the model inputs for one image (a path, bytes or PIL image) or none.
 
         Args:
@@ -122,16 +123,20 @@ class DeepseekOCR:
             prompt: must contain `<image>` exactly once when an image is given (default: the
                 markdown-with-grounding prompt; for text only, required).
             mode: "tiny", "small", "base", "large", "gundam", or a `Mode(...)`.
+            answer: the target text of a training sample: its ids and EOS are appended and the
+                result carries `labels` (-100 over BOS, the prompt and the image positions).
         """
         if prompt is None:
             if image is None:
-                raise ValueError("a text-only call needs a prompt")
+                raise PromptError("a text-only call needs a prompt")
             prompt = DEFAULT_PROMPT
         if image is None:
-            return build_inputs(self.tokenizer, prompt, None, None)
-        mode = resolve_mode(mode)
-        views = make_views(load_image(image, max_pixels=self.max_pixels), mode)
-        return build_inputs(self.tokenizer, prompt, views, mode)
+            inputs = build_inputs(self.tokenizer, prompt, None, None)
+        else:
+            mode = resolve_mode(mode)
+            views = make_views(load_image(image, max_pixels=self.max_pixels), mode)
+            inputs = build_inputs(self.tokenizer, prompt, views, mode)
+        return inputs if answer is None else with_answer(self.tokenizer, inputs, answer)
 
     # ---------------------------------------------------------------------------- forward
     @torch.inference_mode()

@@ -8,7 +8,7 @@ separator) plus, with tiles, `(q_t*h_tiles) * (q_t*w_tiles + 1)`.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import torch
 
@@ -53,6 +53,12 @@ class PreparedInputs:
     # the vision tower again (useful when the same page is decoded several ways).
     vision_rows: torch.Tensor | None = None
     extras: dict = field(default_factory=dict)
+    # Training targets (set by `with_answer`): `labels [T]` int64, -100 over BOS, the prompt and
+    # every image position, the answer's ids and the final EOS as targets; `num_prompt_tokens`
+    # is where the answer starts. None for an inference prompt.
+    labels: torch.Tensor | None = None
+    num_prompt_tokens: int | None = None
+    answer: str | None = None
 
     @property
     def num_tokens(self) -> int:
@@ -72,6 +78,32 @@ class PreparedInputs:
         if not self.valid_vision_tokens:
             raise ValueError("compression ratio needs an image")
         return text_tokens / self.valid_vision_tokens
+
+
+IGNORE_INDEX = -100
+
+
+def with_answer(tokenizer: Tokenizer, inputs: PreparedInputs, answer: str) -> PreparedInputs:
+    """The training sequence: the prompt, then the answer's ids (no special tokens), then EOS.
+
+    Labels are -100 over everything before the answer (BOS, prompt text, image positions) and
+    the token ids themselves over the answer and the EOS: the model is scored on predicting the
+    answer and where it ends, as the official training code does (TRAINING.md §1).
+    """
+    if not isinstance(answer, str):
+        raise PromptError(f"answer must be a string, got {type(answer).__name__}")
+    if inputs.labels is not None:
+        raise PromptError("these inputs already carry an answer")
+    answer_ids = tokenizer.encode(answer) + [tokenizer.eos_id]
+    n_prompt = inputs.num_tokens
+    tail = torch.tensor(answer_ids, dtype=torch.int64)
+    labels = torch.cat([torch.full((n_prompt,), IGNORE_INDEX, dtype=torch.int64), tail])
+    return replace(
+        inputs,
+        input_ids=torch.cat([inputs.input_ids, tail]),
+        images_seq_mask=torch.cat([inputs.images_seq_mask, torch.zeros(len(answer_ids), dtype=torch.bool)]),
+        labels=labels, num_prompt_tokens=n_prompt, answer=answer, extras=dict(inputs.extras),
+    )
 
 
 def build_inputs(tokenizer: Tokenizer, prompt: str, views: Views | None, mode: Mode | None
