@@ -321,6 +321,8 @@ def fused_moe(x: torch.Tensor, router_weight: torch.Tensor, gate_up: torch.Tenso
 def _experts_seam(experts: torch.nn.Module, x: torch.Tensor, weights: torch.Tensor,
                   ids: torch.Tensor) -> torch.Tensor | None:
     """`kernels.moe_experts` implementation: `StackedExperts` -> the kernels, or None (reference)."""
+    if getattr(experts, "carries_lora", False):
+        return None  # LoRA'd experts (training/lora.py): the kernel would ignore their factors
     gate_up, down = experts.gate_up, experts.down
     if not _applies(x, weights, ids, gate_up, down):
         return None
