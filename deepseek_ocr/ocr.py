@@ -77,7 +77,9 @@ class DeepseekOCR:
     def from_pretrained(cls, path_or_repo: str | os.PathLike = DEFAULT_REPO, *,
                         device: str | torch.device | None = None,
                         dtype: str | torch.dtype | None = None,
-                        revision: str | None = None) -> "DeepseekOCR":
+                        revision: str | None = None,
+                        adapter: str | os.PathLike | None = None,
+                        merge_adapter: bool = True) -> "DeepseekOCR":
         """Load from a local folder or a hub repo id (cached; honours `HF_HUB_OFFLINE`).
 
         Args:
@@ -85,6 +87,11 @@ class DeepseekOCR:
             device: default CUDA when available, else CPU.
             dtype: float32 / bfloat16 / float16 (default bf16 on GPU, float32 on CPU).
             revision: hub revision (branch, tag or commit) for repo ids.
+            adapter: a PEFT LoRA adapter folder (adapter_config.json, adapter_model.safetensors)
+                to add to the base weights.
+            merge_adapter: fold the adapter into the weights (default: the fast generation path
+                fuses q/k/v weights and would not see unmerged factors); False keeps it separate,
+                e.g. to train it further.
         """
         device = resolve_device(device)
         dtype = resolve_dtype(dtype, device)
@@ -96,10 +103,26 @@ class DeepseekOCR:
                                    f"embedding only {cfg.decoder.vocab_size} rows")
         model = load_model(folder, cfg, device=device, dtype=dtype)
         logger.info("loaded %s on %s in %s", folder, device, dtype)
+        if adapter is not None:
+            from .training.adapter import load_adapter  # training code loads only when asked for
+            from .training.lora import merge_lora
+            load_adapter(model, adapter)
+            if merge_adapter:
+                merge_lora(model)
+            logger.info("adapter %s %s", adapter, "merged" if merge_adapter else "loaded unmerged")
         return cls(model, tokenizer, folder)
 
     def save_pretrained(self, folder: str | os.PathLike, *, dtype: torch.dtype | None = None) -> Path:
-        """Write the official layout (config.json, index, safetensors, tokenizer files)."""
+        """Write the official layout (config.json, index, safetensors, tokenizer files).
+
+        Refuses a model with unmerged LoRA: merge it first (`training.lora.merge_lora`) or write
+        the adapter alone (`training.adapter.save_adapter`).
+        """
+        if any(getattr(m, "carries_lora", False) for m in self.model.modules()):
+            from .training.lora import AdapterError
+            raise AdapterError("the model carries unmerged LoRA factors, which the official layout "
+                               "cannot hold: call deepseek_ocr.training.lora.merge_lora(model) first, "
+                               "or save the adapter alone with deepseek_ocr.training.adapter.save_adapter")
         tensors = checkpoint_tensors(self.model)
         if dtype is not None:
             tensors = ((n, t.to(dtype)) for n, t in tensors)
