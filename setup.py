@@ -22,5 +22,14 @@ setup(
         "triton>=3.2; platform_system == 'Linux' and platform_machine == 'x86_64'",
     ],
     entry_points={"console_scripts": ["deepseek-ocr = deepseek_ocr.cli:main"]},
-    extras_require={"test": ["pytest>=8"]},
+    extras_require={
+        "test": [
+            "pytest>=8",
+            "rapidfuzz>=3",  # the metric tests (deepseek_ocr.evaluation)
+            "sacrebleu>=2",
+        ],
+        # Metrics (deepseek_ocr.evaluation): rapidfuzz's C++ Levenshtein for CER/WER/NED,
+        # sacrebleu for BLEU.
+        "eval": ["rapidfuzz>=3", "sacrebleu>=2"],
+    },
 )
