@@ -27,9 +27,12 @@ setup(
             "pytest>=8",
             "rapidfuzz>=3",  # the metric tests (deepseek_ocr.evaluation)
             "sacrebleu>=2",
+            "pyarrow>=15",  # the Parquet reader's tests (deepseek_ocr.training.data)
         ],
         # Metrics (deepseek_ocr.evaluation): rapidfuzz's C++ Levenshtein for CER/WER/NED,
         # sacrebleu for BLEU.
         "eval": ["rapidfuzz>=3", "sacrebleu>=2"],
+        # Training data: pyarrow reads Parquet as Hugging Face datasets exports it.
+        "train": ["pyarrow>=15"],
     },
 )
