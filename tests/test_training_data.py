@@ -19,7 +19,7 @@ from deepseek_ocr.processing.views import MODES, Mode
 from deepseek_ocr.training.data import (DataError, SampleDataset, SampleOrder, count_tokens,
                                         encode_samples, read_conversations, read_dataset,
                                         read_folder, read_jsonl, read_messages, read_parquet)
-from deepseek_ocr.training.data.omnidocbench import convert, convert_page, scale_poly
+from deepseek_ocr.training.data.omnidocbench import convert, convert_page, main, scale_poly
 
 ASSETS = Path(__file__).resolve().parent.parent / "deepseek_ocr" / "assets" / "tokenizer"
 
@@ -463,3 +463,30 @@ def test_omnidocbench_convert_writes_messages_jsonl(tmp_path, model):
     assert samples[1].answer.endswith("中文开头继续") and samples[0].id == "p0.png"
     prepared, _ = encode_samples(model, samples, default_mode="tiny")
     assert prepared[0].labels is not None
+
+
+def test_omnidocbench_command_line(tmp_path, capsys):
+    (tmp_path / "pages").mkdir()
+    (tmp_path / "pages" / "p1.png").write_bytes(png())
+    src = tmp_path / "omni.json"
+    src.write_text(json.dumps([omnidoc_pages()[1]]))
+    out = tmp_path / "o.jsonl"
+    assert main([str(src), str(out), "--images", str(tmp_path / "pages"), "--keep-furniture"]) == 0
+    assert "1 sample(s) kept" in capsys.readouterr().out
+    record = json.loads(out.read_text())
+    assert record["messages"][1]["content"] == "中文开头继续\n\nfooter"
+    assert record["images"] == ["pages/p1.png"]
+    assert main([str(src), str(out)]) == 1  # images/ beside the JSON does not exist
+    assert "page image not found" in capsys.readouterr().err
+
+
+def test_dataset_feeds_a_dataloader_and_reads_several_files(model, data):
+    one = write_jsonl(data / "one.jsonl", [msgs(images=["imgs/a.png"], mode="tiny")])
+    two = write_jsonl(data / "two.jsonl", [conv(images=None, user="q", answer="a"), "{"])
+    samples, report = read_dataset([one, two], on_error="skip")
+    assert report.kept == 2 and [s.source for s in report.skipped] == [f"{two}:2"]
+    from torch.utils.data import DataLoader
+    loader = DataLoader(SampleDataset(model, samples), batch_size=2, collate_fn=list,
+                        sampler=list(SampleOrder(len(samples), seed=0)))
+    (batch,) = list(loader)
+    assert sorted(p.has_image for p in batch) == [False, True]  # image and text-only together

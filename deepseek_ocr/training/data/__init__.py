@@ -17,6 +17,7 @@ Formats (rules in each module's docstring; the shared ones in `records.py`):
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Sequence
 
 from .dataset import SampleDataset, count_tokens, encode_samples, image_tokens
 from .folder import read_folder
@@ -32,13 +33,21 @@ __all__ = [
 ]
 
 
-def read_dataset(path: str | Path, *, format: str = "auto", **options) -> ReadResult:
+def read_dataset(path: str | Path | Sequence[str | Path], *, format: str = "auto", **options) -> ReadResult:
     """Read any supported format; "auto" picks by what `path` is.
 
     A folder holding `*.parquet` files is Parquet, any other folder a folder of images;
     `.parquet` is Parquet; `.jsonl` / `.json` is conversations or messages (per record).
+    A list of paths reads each in turn (samples concatenated, reports merged).
     `options` go to the reader (`on_error`, `image_root`, `text_column`, `prompt`, ...).
     """
+    if isinstance(path, (list, tuple)):
+        samples, report = [], DataReport()
+        for one in path:
+            part = read_dataset(one, format=format, **options)
+            samples += part.samples
+            report.merge(part.report)
+        return ReadResult(samples, report)
     path = Path(path)
     if format == "auto":
         if path.is_dir():

@@ -19,6 +19,8 @@ What a page's target holds (each choice is ours and deliberate):
   coordinates, `int(v / size * 999)` with `page_info`'s width and height, clamped to 0..999; a
   merged block lists one box per part. `LABELS` maps categories to the words the model uses.
   The result parses back with `deepseek_ocr.postprocess.grounding.parse_grounding`.
+* Blocks marked `ignore` are kept when they carry text (it is on the page) and left out when
+  they carry none.
 * Blocks are separated by a blank line. A non-ignored content block without its text, a page
   without size, image path or any content is a page error (`on_error` stops or skips it):
   a target that silently misses text would teach the model to skip text.
