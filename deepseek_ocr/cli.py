@@ -4,7 +4,13 @@
     deepseek-ocr page.png --model random              # no download: random weights, gibberish text
     python -m torch.distributed.run --nproc_per_node 4 -m deepseek_ocr big.pdf   # 4 GPUs
 
-Exit codes: 0 every page done, 1 some page failed, 2 usage or model problem, 130 interrupted.
+Exit codes: 0 every page done, 1 some page failed or some input was missing, 2 usage or model
+problem, 130 interrupted.
+
+Order of work: the arguments (and the output folder) are checked first, without importing
+torch, so that `--help` and a mistyped option answer at once; then the inputs are listed and
+their headers read; then the device is checked; only then is the model loaded. A run whose
+every page is already known to fail loads no model at all.
 """
 from __future__ import annotations
 
@@ -12,21 +18,21 @@ import argparse
 import json
 import logging
 import os
-import re
 import shutil
 import sys
 import tempfile
 import time
 from pathlib import Path
 
-from .errors import DeepseekOCRError, InputNotFoundError, WeightsError
-from .inputs import DEFAULT_DPI, DEFAULT_MAX_PAGES, expand_inputs, parse_page_ranges
-from .inputs.sources import MULTI_PAGE_IMAGE_EXTENSIONS
-from .processing.views import MODES, Mode
-from .weights.loading import DEFAULT_REPO
+from .errors import CheckpointNotFoundError, DeepseekOCRError, WeightsError
+from .inputs import DEFAULT_DPI, DEFAULT_MAX_PAGES, InvalidPageRangeError, parse_page_ranges, select_pages
+from .processing.image_io import DEFAULT_MAX_PIXELS
+from .processing.views import MODES, Mode, resolve_mode
 
 logger = logging.getLogger("deepseek_ocr.cli")
 
+# weights.loading.DEFAULT_REPO, written out: importing that module would import torch.
+DEFAULT_REPO = "deepseek-ai/DeepSeek-OCR"
 PROMPTS = {
     "markdown": "<image>\n<|grounding|>Convert the document to markdown.",
     "ocr": "<image>\n<|grounding|>OCR this image.",
@@ -37,6 +43,8 @@ PROMPTS = {
 LOCATE = "<image>\nLocate <|ref|>{}<|/ref|> in the image."
 RANDOM_MODEL = "random"
 RANDOM_SIZE = {"layers": 2, "experts": 4, "topk": 2}
+RANDOM_SIZE_TEXT = "1.6 GB"  # bf16, full vision tower, 2-layer decoder (1,584,775,680 bytes of tensors)
+DTYPE_NAMES = ("float32", "fp32", "bfloat16", "bf16", "float16", "fp16")
 
 EXIT_OK, EXIT_FAILED_PAGES, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
 
@@ -66,22 +74,16 @@ def resolve_prompt(spec: str) -> str:
     return prompt
 
 
-def parse_mode(spec: str) -> str | Mode:
-    """A mode name, or `BASE:IMAGE[:crop]` (e.g. `1024:640:crop`).
+def parse_mode(spec: str) -> Mode:
+    """A mode name, or `BASE:IMAGE[:crop]` (e.g. `1024:640:crop`), as `resolve_mode` reads them.
 
     Args:
         spec: the `--mode` value.
     """
-    if spec.lower() in MODES:
-        return spec.lower()
-    parts = spec.split(":")
-    if len(parts) not in (2, 3) or (len(parts) == 3 and parts[2].lower() != "crop"):
-        raise UsageError(f"--mode must be one of {sorted(MODES)} or BASE:IMAGE[:crop], got {spec!r}")
     try:
-        base, image = int(parts[0]), int(parts[1])
-        return Mode(base, image, len(parts) == 3, name=spec)
-    except ValueError as err:
-        raise UsageError(f"--mode {spec!r}: {err}") from None
+        return resolve_mode(spec)
+    except ValueError as err:  # ModeError
+        raise UsageError(f"--mode: {err}") from None
 
 
 def _positive_int(text: str) -> int:
@@ -111,19 +113,23 @@ def _positive_float(text: str) -> float:
 def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(
         prog="deepseek-ocr", description="OCR images and PDFs into markdown with DeepSeek-OCR.",
-        epilog="Exit codes: 0 all pages done, 1 some page failed, 2 usage or model problem, "
-               "130 interrupted (rerun the same command to resume).")
+        epilog="Exit codes: 0 all pages done, 1 some page failed or an input was missing, 2 usage or "
+               "model problem, 130 interrupted (rerun the same command to resume).")
     ap.add_argument("inputs", nargs="+", help="image files, PDFs, folders or glob patterns")
     ap.add_argument("--model", default=DEFAULT_REPO,
                     help=f"checkpoint folder or hub repo id (default {DEFAULT_REPO}, from the hub "
                          "cache); 'random' for a small random-weight model (gibberish text)")
     ap.add_argument("--mode", default="gundam", type=str,
-                    help="tiny, small, base, large, gundam (default) or BASE:IMAGE[:crop]")
+                    help=f"{', '.join(MODES)} (default gundam) or BASE:IMAGE[:crop], e.g. 1024:640:crop")
     ap.add_argument("--prompt", default="markdown",
                     help=f"{', '.join(PROMPTS)} (default markdown), locate:TEXT, or a raw prompt with <image>")
     ap.add_argument("--out", default="ocr-output", help="output folder (default ./ocr-output)")
-    ap.add_argument("--pages", default=None, help="pages of PDFs and multi-page TIFFs, e.g. 1-3,5,9-")
+    ap.add_argument("--pages", default=None,
+                    help="pages of PDFs and multi-page TIFFs, e.g. 1-3,5,9- (cut at each document's end)")
     ap.add_argument("--dpi", type=_positive_float, default=DEFAULT_DPI, help="PDF rendering dpi (default 144)")
+    ap.add_argument("--max-pixels", type=_positive_int, default=DEFAULT_MAX_PIXELS,
+                    help=f"largest image accepted, in pixels (default {DEFAULT_MAX_PIXELS}, 64 Mpx); "
+                         "PDF pages over it are rendered at a lower dpi")
     ap.add_argument("--password", default=None, help="password of encrypted PDFs")
     ap.add_argument("--batch-size", type=_positive_int, default=8, help="pages per forward (default 8)")
     ap.add_argument("--workers", type=_non_negative_int, default=2,
@@ -131,18 +137,75 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--max-new-tokens", type=_positive_int, default=None,
                     help="output token limit per page (default: what the context allows)")
     ap.add_argument("--device", default=None, help="cuda, cuda:1, cpu (default: cuda when available)")
-    ap.add_argument("--dtype", default=None, help="bfloat16, float16, float32 (default bf16 on GPU, fp32 on CPU)")
-    ap.add_argument("--no-resume", action="store_true", help="redo pages an earlier run finished")
+    ap.add_argument("--dtype", default=None, choices=DTYPE_NAMES,
+                    help="bfloat16, float16, float32 (default bf16 on GPU, fp32 on CPU)")
+    ap.add_argument("--no-resume", action="store_true",
+                    help="redo pages an earlier run finished (pages done with other settings are redone anyway)")
     ap.add_argument("--json", action="store_true", help="print the run summary as JSON on stdout")
-    ap.add_argument("--quiet", action="store_true", help="no progress line and no human summary")
+    ap.add_argument("--quiet", action="store_true", help="no progress display and no human summary")
     ap.add_argument("--verbose", action="store_true", help="log what happens (INFO) on stderr")
     return ap
 
 
+def check_out_dir(out: str) -> bool:
+    """Make sure `out` is a folder this process can write in; returns whether it was created.
+
+    Checked by writing a probe file, since permission bits say nothing for root or on a
+    read-only mount.
+    """
+    path = Path(out).expanduser()
+    if path.exists() and not path.is_dir():
+        raise UsageError(f"--out {out}: exists and is not a folder")
+    created = not path.exists()
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise UsageError(f"--out {out}: cannot create the folder: {err.strerror or err}") from None
+    try:
+        fd, probe = tempfile.mkstemp(prefix=".deepseek-ocr-probe-", dir=path)
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as err:
+        if created:
+            _remove_empty(path)
+        raise UsageError(f"--out {out}: cannot write in the folder: {err.strerror or err}") from None
+    return created
+
+
+def _remove_empty(path: Path) -> None:
+    try:
+        path.rmdir()  # only if empty: a usage error should not leave a folder behind
+    except OSError:
+        pass
+
+
+def check_device(requested: str | None) -> None:
+    """Refuse a device this torch cannot use, before loading (imports torch)."""
+    if requested is None:
+        return
+    import torch
+    try:
+        device = torch.device(requested)
+    except (RuntimeError, ValueError) as err:
+        raise UsageError(f"--device {requested!r}: {err}") from None
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            why = ("this torch build has no CUDA support (a CPU-only build)" if torch.version.cuda is None
+                   else "no CUDA GPU is visible")
+            raise UsageError(f"--device {requested}: CUDA is not available: {why}; use --device cpu "
+                             "or install a CUDA build of torch")
+        if device.index is not None and device.index >= torch.cuda.device_count():
+            raise UsageError(f"--device {requested}: there are {torch.cuda.device_count()} CUDA device(s)")
+    elif device.type == "mps" and not torch.backends.mps.is_available():
+        raise UsageError(f"--device {requested}: MPS is not available")
+    elif device.type not in ("cpu", "cuda", "mps"):
+        raise UsageError(f"--device {requested}: only cpu, cuda[:N] and mps are supported")
+
+
 # ------------------------------------------------------------------------------- model
 def random_model_dir() -> Path:
-    """Where `--model random` keeps its checkpoint: `$DEEPSEEK_OCR_CACHE/random-demo`, by default
-    `~/.cache/deepseek_ocr/random-demo`."""
+    """Where `--model random` (and examples/quickstart.py) keep the random checkpoint:
+    `$DEEPSEEK_OCR_CACHE/random-demo`, by default `~/.cache/deepseek_ocr/random-demo`."""
     root = os.environ.get("DEEPSEEK_OCR_CACHE") or os.path.join("~", ".cache", "deepseek_ocr")
     return Path(root).expanduser() / "random-demo"
 
@@ -157,12 +220,14 @@ def ensure_random_model(err=sys.stderr) -> Path:
     if (target / "config.json").is_file():
         return target
     import torch
+    from .pipeline.writer import current_umask
     from .weights.random import make_random_checkpoint
     target.parent.mkdir(parents=True, exist_ok=True)
-    print(f"building a random-weight checkpoint in {target} (once; about 1 GB) ...", file=err)
+    print(f"building a random-weight checkpoint in {target} (once; {RANDOM_SIZE_TEXT}) ...", file=err)
     tmp = Path(tempfile.mkdtemp(prefix=".random-demo-", dir=target.parent))
     try:
         make_random_checkpoint(tmp, dtype=torch.bfloat16, **RANDOM_SIZE)
+        os.chmod(tmp, 0o777 & ~current_umask())  # mkdtemp's 0700 would hide it from other users
         try:
             os.rename(tmp, target)
         except OSError:
@@ -175,35 +240,32 @@ def ensure_random_model(err=sys.stderr) -> Path:
 
 
 def _weights_help(model: str, err: Exception) -> str:
-    return (f"error: cannot load the model {model!r}: {err}\n"
-            f"  To download the official weights (6.7 GB) once:\n"
-            f"      huggingface-cli download {DEFAULT_REPO}\n"
-            f"  or pass a local checkpoint folder with --model DIR.\n"
-            f"  To try the whole pipeline without weights: --model random "
-            f"(random weights: the text is gibberish).")
+    lines = [f"error: cannot load the model {model!r}: {err}"]
+    if isinstance(err, CheckpointNotFoundError):
+        if "hf download" not in str(err):
+            lines.append(f"  To download the official weights (6.7 GB) once: hf download {DEFAULT_REPO}")
+        lines.append("  Or pass a local checkpoint folder with --model DIR.")
+        lines.append("  To try the whole pipeline without weights: --model random (random weights: the "
+                     "text is gibberish).")
+    return "\n".join(lines)
 
 
 # -------------------------------------------------------------------------------- main
-def _selected_pages(documents, spec: str | None, dpi: float, password: str | None) -> list:
-    """Every selected page; --pages applies to PDFs and multi-page TIFFs only (an image has one)."""
-    from .pipeline import collect_pages
-    out = []
-    for doc in documents:
-        multi = doc.kind == "pdf" or doc.path.suffix.lower() in MULTI_PAGE_IMAGE_EXTENSIONS
-        out.extend(collect_pages([doc], pages=spec if multi else None, dpi=dpi, password=password))
-    return out
-
-
-def _human_summary(summary: dict, out_dir: Path, documents: list, stream) -> None:
+def _human_summary(summary: dict, out_dir: Path, documents: list, missing: list, stream) -> None:
     t = summary["totals"]
     print(f"pages: {t['ok']} ok, {t['failed']} failed, {t['skipped']} skipped (of {t['pages']}) "
           f"in {t['seconds']:.1f}s; {t['pages_per_s'] or 0:.2f} pages/s, "
           f"{t['tokens_per_s'] or 0:.1f} output tokens/s", file=stream)
+    if t.get("redone"):
+        print(f"  {t['redone']} page(s) redone: done before with other settings", file=stream)
     for entry in summary["pages"]:
-        if entry["status"] == "failed":
+        if entry["status"] == "failed" and not entry.get("earlier"):
             print(f"  failed: {entry['source']} page {entry['page']}: {entry.get('error_type')}: "
                   f"{entry.get('error')}", file=stream)
-    print(f"outputs: {out_dir.resolve()} ({len(documents)} document markdown file(s), summary.json)",
+    for message in missing:
+        print(f"  missing: {message}", file=stream)
+    earlier = f"; summary.json also lists {t['earlier']} page(s) of earlier runs" if t.get("earlier") else ""
+    print(f"outputs: {out_dir.resolve()} ({len(documents)} document markdown file(s), summary.json{earlier})",
           file=stream)
 
 
@@ -215,7 +277,7 @@ def main(argv: list[str] | None = None) -> int:
     """
     parser = build_parser()
     try:
-        args = parser.parse_args(argv)
+        args = parser.parse_intermixed_args(argv)  # inputs may come after options too
     except SystemExit as exit_:  # argparse reports usage errors itself (code 2) and --help (0)
         return int(exit_.code or 0)
     try:
@@ -225,39 +287,57 @@ def main(argv: list[str] | None = None) -> int:
         return EXIT_INTERRUPTED
 
 
+def _check_arguments(args: argparse.Namespace) -> tuple[str, Mode]:
+    """Every check that needs no file and no torch; raises UsageError."""
+    prompt = resolve_prompt(args.prompt)
+    mode = parse_mode(args.mode)
+    if args.pages is not None:
+        try:
+            parse_page_ranges(args.pages, DEFAULT_MAX_PAGES, clip=True)  # the syntax only
+        except InvalidPageRangeError as err:
+            raise UsageError(f"--pages: {err}") from None
+    return prompt, mode
+
+
 def _run(args: argparse.Namespace) -> int:
     if not logging.getLogger().handlers:
         logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
                             format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr)
     err = sys.stderr
-    human = sys.stderr if args.json else sys.stdout
-
-    from .pipeline import Group, device_for, dist_from_env, run_job
+    created = False
     try:
-        dist = dist_from_env()
-        prompt = resolve_prompt(args.prompt)
-        mode = parse_mode(args.mode)
-        if args.pages is not None:
-            # Syntax only, against a document just long enough for every number in the spec
-            # (an open range like "9-" would otherwise expand to every page of a huge count),
-            # capped at the most pages a document may have.
-            numbers = [int(n) for n in re.findall(r"\d+", args.pages)]
-            parse_page_ranges(args.pages, min(max([1, *numbers]), DEFAULT_MAX_PAGES))
-        documents = expand_inputs(args.inputs)
-        pages = _selected_pages(documents, args.pages, args.dpi, args.password)
-    except (UsageError, ValueError, InputNotFoundError) as e:
+        prompt, mode = _check_arguments(args)
+        created = check_out_dir(args.out)
+        sel = select_pages(args.inputs, pages=args.pages, dpi=args.dpi, password=args.password,
+                           max_pixels=args.max_pixels)
+        missing = [str(e) for e in sel.missing]
+        for message in missing:
+            print(f"error: {message}", file=err)
+        if sel.beyond_every_input:
+            counts = ", ".join(f"{doc.path.name}: {n} page(s)" for doc, n in sel.beyond)
+            raise UsageError(f"--pages {args.pages} is past the end of every input ({counts})")
+        if not sel.pages:
+            raise UsageError("the inputs hold no pages" if not missing else "no input left to read")
+        for note in sel.notes:
+            print(f"note: {note}", file=err)
+        needs_model = bool(sel.readable)
+        if needs_model:
+            check_device(args.device)
+    except UsageError as e:
         print(f"error: {e}", file=err)
+        if created:
+            _remove_empty(Path(args.out).expanduser())
         return EXIT_USAGE
-    if not pages:
-        print("error: the inputs hold no pages", file=err)
-        return EXIT_USAGE
-    talk = dist.is_main and not args.quiet
+    return _run_pages(args, sel.pages, prompt, mode, missing, needs_model)
 
-    model = args.model
-    random_weights = model == RANDOM_MODEL
+
+def _load(args: argparse.Namespace, dist, err):
+    """The loaded model, or an exit code after saying why not."""
     from .ocr import DeepseekOCR
+    from .pipeline import device_for
+    model = args.model
     try:
-        if random_weights:
+        if model == RANDOM_MODEL:
             model = str(ensure_random_model(err))
         ocr = DeepseekOCR.from_pretrained(model, device=device_for(dist, args.device), dtype=args.dtype)
     except WeightsError as e:
@@ -266,25 +346,64 @@ def _run(args: argparse.Namespace) -> int:
     except (DeepseekOCRError, ValueError, OSError) as e:
         print(f"error: cannot load the model {args.model!r}: {e}", file=err)
         return EXIT_USAGE
+    ocr.max_pixels = args.max_pixels
+    return ocr
+
+
+def _render_settings(args: argparse.Namespace):
+    """What a page's pixels depend on besides its file: for PDF pages the dpi and the pixel cap
+    (a page over it is rendered smaller); an image is decoded as it is."""
+    pdf = {"dpi": args.dpi, "max_pixels": args.max_pixels}
+    return lambda page: pdf if page.document.kind == "pdf" else {}
+
+
+def _run_pages(args: argparse.Namespace, pages: list, prompt: str, mode: Mode, missing: list[str],
+               needs_model: bool) -> int:
+    from PIL import Image
+
+    from .pipeline import Group, dist_from_env, run_job
+    err = sys.stderr
+    human = sys.stderr if args.json else sys.stdout
+    try:
+        dist = dist_from_env()
+    except ValueError as e:
+        print(f"error: {e}", file=err)
+        return EXIT_USAGE
+    if Image.MAX_IMAGE_PIXELS is not None and args.max_pixels > Image.MAX_IMAGE_PIXELS:
+        # The command's --max-pixels is the one limit: Pillow's bomb guard (which refuses at twice
+        # this value whatever the library is asked) follows it. The library never changes it.
+        Image.MAX_IMAGE_PIXELS = args.max_pixels
+    talk = dist.is_main and not args.quiet
+    random_weights = args.model == RANDOM_MODEL
+    ocr = None
+    if needs_model:
+        loaded = _load(args, dist, err)
+        if isinstance(loaded, int):
+            return loaded
+        ocr = loaded
     if talk:
         ndocs = len({p.document.name for p in pages})
-        print(f"deepseek-ocr: {len(pages)} page(s) in {ndocs} document(s); model {model} on "
-              f"{ocr.device} ({str(ocr.dtype).replace('torch.', '')}); mode {args.mode}; "
-              f"output {Path(args.out).resolve()}"
-              + (f"; {dist.world_size} ranks" if dist.distributed else ""), file=err)
-        if random_weights:
+        where = (f"model {ocr.folder} on {ocr.device} ({str(ocr.dtype).replace('torch.', '')})" if ocr
+                 else "no page can be read, so no model is loaded")
+        print(f"deepseek-ocr: {len(pages)} page(s) in {ndocs} document(s); {where}; mode {mode.name}; "
+              f"output {Path(args.out).resolve()}" + (f"; {dist.world_size} ranks" if dist.distributed else ""),
+              file=err)
+        if random_weights and ocr is not None:
             print("note: --model random has random weights: its text is gibberish. It shows the "
                   "pipeline end to end; use the official weights for real OCR.", file=err)
 
     gen = {} if args.max_new_tokens is None else {"max_new_tokens": args.max_new_tokens}
-    settings = {"model": str(model), "random_weights": random_weights, "mode": args.mode,
-                "prompt": prompt, "device": str(ocr.device), "dtype": str(ocr.dtype).replace("torch.", ""),
-                "started": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
+    settings = {"model": str(ocr.folder) if ocr else args.model, "random_weights": random_weights,
+                "mode": mode.name, "prompt": prompt,
+                "device": str(ocr.device) if ocr else None,
+                "dtype": str(ocr.dtype).replace("torch.", "") if ocr else None,
+                "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "missing_inputs": missing}
     group = Group(dist)
     try:
         report = run_job(ocr, pages, out_dir=args.out, dist=dist, group=group, progress=talk,
                          settings=settings, prompt=prompt, mode=mode, batch_size=args.batch_size,
-                         workers=args.workers, resume=not args.no_resume, **gen)
+                         workers=args.workers, resume=not args.no_resume,
+                         page_settings=_render_settings(args), **gen)
     except KeyboardInterrupt:
         print("\ninterrupted: the files written so far are complete; run the same command again "
               "to resume", file=err)
@@ -297,7 +416,7 @@ def _run(args: argparse.Namespace) -> int:
             sys.stdout.write("\n")
             sys.stdout.flush()
         if not args.quiet:
-            _human_summary(report.summary, Path(args.out), report.documents, human)
-            if random_weights:
+            _human_summary(report.summary, Path(args.out), report.documents, missing, human)
+            if random_weights and ocr is not None:
                 print("(random weights: the text is gibberish)", file=human)
-    return report.exit_code
+    return max(report.exit_code, EXIT_FAILED_PAGES if missing else EXIT_OK)

@@ -18,6 +18,10 @@ class WeightsError(DeepseekOCRError):
     """A checkpoint file is malformed, or its tensors do not match the configuration."""
 
 
+class CheckpointNotFoundError(WeightsError):
+    """No checkpoint at the given folder, or a hub repo id that is neither cached nor reachable."""
+
+
 class TokenizerError(DeepseekOCRError):
     """tokenizer.json is missing or malformed, or lacks a token the model needs."""
 
@@ -32,6 +36,10 @@ class InvalidImageError(ImageError, ValueError):
 
 class ImageTooLargeError(ImageError, ValueError):
     """The image has more pixels than allowed; raised before its pixels are decoded."""
+
+
+class ModeError(DeepseekOCRError, ValueError):
+    """An unknown resolution mode name, or a `Mode` / `BASE:IMAGE[:crop]` with invalid sizes."""
 
 
 class PromptError(DeepseekOCRError, ValueError):

@@ -112,8 +112,14 @@ class DeepseekOCR:
             logger.info("adapter %s %s", adapter, "merged" if merge_adapter else "loaded unmerged")
         return cls(model, tokenizer, folder)
 
-    def save_pretrained(self, folder: str | os.PathLike, *, dtype: torch.dtype | None = None) -> Path:
+    def save_pretrained(self, folder: str | os.PathLike, *, dtype: str | torch.dtype | None = None) -> Path:
         """Write the official layout (config.json, index, safetensors, tokenizer files).
+
+        Args:
+            folder: the checkpoint folder to write.
+            dtype: storage dtype (e.g. "float32"); default the checkpoint's own (`config.torch_dtype`,
+                bfloat16 for the official one), whatever dtype the model runs in. config.json
+                records the dtype written.
 
         Refuses a model with unmerged LoRA: merge it first (`training.lora.merge_lora`) or write
         the adapter alone (`training.adapter.save_adapter`).
@@ -123,10 +129,8 @@ class DeepseekOCR:
             raise AdapterError("the model carries unmerged LoRA factors, which the official layout "
                                "cannot hold: call deepseek_ocr.training.lora.merge_lora(model) first, "
                                "or save the adapter alone with deepseek_ocr.training.adapter.save_adapter")
-        tensors = checkpoint_tensors(self.model)
-        if dtype is not None:
-            tensors = ((n, t.to(dtype)) for n, t in tensors)
-        return save_checkpoint(folder, tensors, self.config.to_dict(), self.folder)
+        return save_checkpoint(folder, checkpoint_tensors(self.model), self.config.to_dict(), self.folder,
+                               dtype=self.config.torch_dtype if dtype is None else dtype)
 
     @property
     def device(self) -> torch.device:
@@ -203,7 +207,8 @@ class DeepseekOCR:
         items = inputs_or_image if isinstance(inputs_or_image, (list, tuple)) else [inputs_or_image]
         prompts = prompt if isinstance(prompt, (list, tuple)) else [prompt] * len(items)
         if len(prompts) != len(items):
-            raise ValueError(f"{len(items)} inputs but {len(prompts)} prompts")
+            raise PromptError(f"{len(items)} inputs but {len(prompts)} prompts: give one prompt, "
+                              f"or one per input")
         out = []
         for item, p in zip(items, prompts):
             if isinstance(item, PreparedInputs):

@@ -6,14 +6,17 @@
             image = page.load()  # RGB PIL image; PDF pages rendered at 144 dpi
 
 `pdf` wraps PDFium (all calls under one lock); `sources` finds files, names outputs and lists
-pages. Errors are the typed ones of `deepseek_ocr.errors` plus `InvalidPageRangeError`.
+pages; `selection` chooses a run's pages before any model is loaded. Errors are the typed ones
+of `deepseek_ocr.errors` plus `InvalidPageRangeError`. Nothing here imports torch.
 """
 from .pdf import DEFAULT_DPI, DEFAULT_MAX_PAGES, PDFIUM_LOCK, PdfDocument, open_pdf
+from .selection import DocumentErrorPage, Selection, select_pages
 from .sources import (IMAGE_EXTENSIONS, PDF_EXTENSIONS, Document, InvalidPageRangeError, PageRef,
-                      expand_inputs, iter_pages, parse_page_ranges)
+                      expand_inputs, iter_pages, page_count, page_range_limit, parse_page_ranges)
 
 __all__ = [
     "PdfDocument", "open_pdf", "PDFIUM_LOCK", "DEFAULT_DPI", "DEFAULT_MAX_PAGES",
-    "Document", "PageRef", "InvalidPageRangeError", "expand_inputs", "iter_pages", "parse_page_ranges",
-    "IMAGE_EXTENSIONS", "PDF_EXTENSIONS",
+    "Document", "PageRef", "InvalidPageRangeError", "expand_inputs", "iter_pages", "page_count",
+    "page_range_limit", "parse_page_ranges",
+    "IMAGE_EXTENSIONS", "PDF_EXTENSIONS", "select_pages", "Selection", "DocumentErrorPage",
 ]

@@ -95,34 +95,38 @@ class PageRef:
 # ---------------------------------------------------------------- page ranges
 
 
-def _page_number(token: str, spec: str, count: int) -> int:
+def _page_number(token: str, spec: str, count: int | None) -> int:
+    """A 1-based page number; `count` None: any number (past-the-end pages are clipped later)."""
     if not token.isdigit():
         raise InvalidPageRangeError(f"page range {spec!r}: {token!r} is not a page number")
     number = int(token)
     if number == 0:
         raise InvalidPageRangeError(f"page range {spec!r}: pages are numbered from 1, got 0")
-    if number > count:
+    if count is not None and number > count:
         raise InvalidPageRangeError(f"page range {spec!r}: page {number} out of range, the document has {count} pages")
     return number
 
 
-def parse_page_ranges(spec: str, count: int) -> list[int]:
+def parse_page_ranges(spec: str, count: int, *, clip: bool = False) -> list[int]:
     """Parse a page selection such as "1-3,5,9-" into sorted unique 0-based page indices.
 
     Args:
         spec: comma-separated items, each `N`, `N-M` (inclusive), `N-` (N to the last page) or
             `-M` (first page to M); pages are 1-based; spaces around items and numbers are ignored.
         count: the number of pages of the document.
+        clip: pages past `count` are left out instead of refused, so one range can serve
+            documents of different lengths ("16-30" of a 17-page PDF is 16-17; "20-" none).
 
     Returns:
-        The selected pages, 0-based, ascending, without duplicates.
+        The selected pages, 0-based, ascending, without duplicates (empty only when `clip`).
 
     Raises:
         InvalidPageRangeError: an empty item, a non-number, page 0, a reversed range (`5-3`),
-            or a page beyond `count`. The message quotes the spec.
+            or (without `clip`) a page beyond `count`. The message quotes the spec.
     """
     if count < 0:
         raise ValueError(f"parse_page_ranges: count must be >= 0, got {count}")
+    limit = None if clip else count
     selected: set[int] = set()
     for item in spec.split(","):
         item = item.strip()
@@ -130,16 +134,22 @@ def parse_page_ranges(spec: str, count: int) -> list[int]:
             raise InvalidPageRangeError(f"page range {spec!r}: empty item (expected e.g. '1-3,5,9-')")
         first, dash, last = (part.strip() for part in item.partition("-"))
         if not dash:
-            start = end = _page_number(first, spec, count)
+            start = end = _page_number(first, spec, limit)
         elif not first and not last:
             raise InvalidPageRangeError(f"page range {spec!r}: '-' needs a first or last page")
         else:
-            start = _page_number(first, spec, count) if first else 1
-            end = _page_number(last, spec, count) if last else count
+            start = _page_number(first, spec, limit) if first else 1
+            end = _page_number(last, spec, limit) if last else max(count, start)
             if start > end:
                 raise InvalidPageRangeError(f"page range {spec!r}: {item!r} is reversed ({start} > {end})")
-        selected.update(range(start - 1, end))
+        selected.update(range(start - 1, min(end, count)))
     return sorted(selected)
+
+
+def page_range_limit(spec: str) -> int:
+    """The highest page number written in `spec` (0 when it names none, e.g. "-"); for saying
+    that a range reaches past the end of a document."""
+    return max([0, *(int(n) for n in re.findall(r"\d+", spec))])
 
 
 # ---------------------------------------------------------------- discovery
@@ -271,25 +281,34 @@ def _unique_names(paths: Sequence[Path]) -> list[str]:
     return result
 
 
-def expand_inputs(items: Sequence[str | os.PathLike], *, recursive: bool = True) -> list[Document]:
+def expand_inputs(items: Sequence[str | os.PathLike], *, recursive: bool = True,
+                  missing: list[InputNotFoundError] | None = None) -> list[Document]:
     """Turn files, folders and globs into documents, in input order, without duplicates.
 
     Args:
         items: paths of files or folders, or glob patterns; `~` is expanded.
         recursive: walk folders (and `**` in globs) recursively.
+        missing: when given, an item that yields nothing has its error appended here and the
+            other items are still expanded (the command reports it and goes on); when None it
+            raises.
 
     Returns:
         One `Document` per distinct file, with a unique output name and `pages=None`.
 
     Raises:
         InputNotFoundError: an item does not exist, is not a file or folder, or is a folder or
-            glob holding no supported file. Names the item.
+            glob holding no supported file. Names the item. Not raised when `missing` is given.
     """
     if isinstance(items, (str, os.PathLike)):
         items = [items]  # one path given bare: not a sequence of one-character paths
     found: list[tuple[str, str]] = []
     for item in items:
-        found.extend(_expand_one(os.fspath(item), recursive))
+        try:
+            found.extend(_expand_one(os.fspath(item), recursive))
+        except InputNotFoundError as err:
+            if missing is None:
+                raise
+            missing.append(err)
     seen: set[str] = set()
     unique: list[tuple[Path, str]] = []
     for path, kind in found:
@@ -299,7 +318,7 @@ def expand_inputs(items: Sequence[str | os.PathLike], *, recursive: bool = True)
             continue
         seen.add(key)
         unique.append((Path(os.path.abspath(path)), kind))
-    names = _unique_names([path for path, _ in unique])
+    names = _unique_names([path for path, _ in unique]) if unique else []
     return [Document(path=path, kind=kind, name=name) for (path, kind), name in zip(unique, names)]
 
 
@@ -315,9 +334,9 @@ def _load_pdf_page(path: Path, index: int, dpi: float, max_pixels: int, password
         return pdf.render(index, dpi=dpi, max_pixels=max_pixels)
 
 
-def _selected(doc: Document, pages: str | None, count: int) -> Iterable[int]:
+def _selected(doc: Document, pages: str | None, count: int, clip: bool) -> Iterable[int]:
     if pages is not None:
-        return parse_page_ranges(pages, count)
+        return parse_page_ranges(pages, count, clip=clip)
     if doc.pages is None:
         return range(count)
     bad = [i for i in doc.pages if not 0 <= i < count]
@@ -326,9 +345,30 @@ def _selected(doc: Document, pages: str | None, count: int) -> Iterable[int]:
     return sorted(set(doc.pages))
 
 
+def page_count(doc: Document, *, max_pixels: int = DEFAULT_MAX_PIXELS, max_pages: int = DEFAULT_MAX_PAGES,
+               password: str | None = None) -> int:
+    """How many pages `doc` has (PDF pages; TIFF frames; 1 for other images), without rendering.
+
+    Raises:
+        EncryptedPDFError, InvalidPDFError, DocumentTooLargeError: document-level PDF problems.
+        InvalidImageError, ImageTooLargeError: the image's header cannot be read or is too large.
+    """
+    if doc.kind == "pdf":
+        with open_pdf(doc.path, password=password, max_pages=max_pages) as pdf:
+            return pdf.page_count
+    if doc.kind == "image":
+        # count_frames reads the header: an unreadable or oversized image fails here, early.
+        frames = count_frames(doc.path, max_pixels=max_pixels)
+        count = frames if doc.path.suffix.lower() in MULTI_PAGE_IMAGE_EXTENSIONS else 1
+        if count > max_pages:
+            raise DocumentTooLargeError(f"{doc.path}: {count} frames, over the limit of {max_pages} pages (max_pages)")
+        return count
+    raise ValueError(f"{doc.path}: unknown document kind {doc.kind!r} (expected 'pdf' or 'image')")
+
+
 def iter_pages(doc: Document, *, pages: str | None = None, dpi: float = DEFAULT_DPI,
                max_pixels: int = DEFAULT_MAX_PIXELS, max_pages: int = DEFAULT_MAX_PAGES,
-               password: str | None = None) -> list[PageRef]:
+               password: str | None = None, clip: bool = False) -> list[PageRef]:
     """List the pages of a document without rendering them.
 
     Args:
@@ -338,9 +378,11 @@ def iter_pages(doc: Document, *, pages: str | None = None, dpi: float = DEFAULT_
         max_pixels: PDF pages over it are rendered smaller; images over it are refused.
         max_pages: the most pages (PDF pages, TIFF frames) a document may have.
         password: for encrypted PDFs.
+        clip: pages of `pages` past the document's end are left out instead of refused.
 
     Returns:
-        The selected pages in order; empty for a PDF without pages.
+        The selected pages in order; empty for a PDF without pages (or, with `clip`, a range
+        wholly past the end).
 
     Raises:
         EncryptedPDFError, InvalidPDFError, DocumentTooLargeError: document-level PDF problems.
@@ -351,19 +393,11 @@ def iter_pages(doc: Document, *, pages: str | None = None, dpi: float = DEFAULT_
         raise ValueError(f"iter_pages: dpi must be positive, got {dpi}")
     if max_pixels <= 0:
         raise ValueError(f"iter_pages: max_pixels must be positive, got {max_pixels}")
+    count = page_count(doc, max_pixels=max_pixels, max_pages=max_pages, password=password)
     if doc.kind == "pdf":
-        with open_pdf(doc.path, password=password, max_pages=max_pages) as pdf:
-            count = pdf.page_count
         load = functools.partial(_load_pdf_page, doc.path, dpi=dpi, max_pixels=max_pixels,
                                  password=password, max_pages=max_pages)
         make = lambda i: functools.partial(load, i)  # noqa: E731
-    elif doc.kind == "image":
-        # count_frames reads the header: an unreadable or oversized image fails here, early.
-        frames = count_frames(doc.path, max_pixels=max_pixels)
-        count = frames if doc.path.suffix.lower() in MULTI_PAGE_IMAGE_EXTENSIONS else 1
-        if count > max_pages:
-            raise DocumentTooLargeError(f"{doc.path}: {count} frames, over the limit of {max_pages} pages (max_pages)")
-        make = lambda i: functools.partial(load_image, doc.path, max_pixels=max_pixels, frame=i)  # noqa: E731
     else:
-        raise ValueError(f"{doc.path}: unknown document kind {doc.kind!r} (expected 'pdf' or 'image')")
-    return [PageRef(document=doc, index=i, number=i + 1, load=make(i)) for i in _selected(doc, pages, count)]
+        make = lambda i: functools.partial(load_image, doc.path, max_pixels=max_pixels, frame=i)  # noqa: E731
+    return [PageRef(document=doc, index=i, number=i + 1, load=make(i)) for i in _selected(doc, pages, count, clip)]

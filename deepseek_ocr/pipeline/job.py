@@ -2,7 +2,8 @@
 with progress, a summary and the combined document markdowns.
 
 Single process: `run_pages` writes every page and each document's markdown as it completes,
-then `summary.json` is written. Under torchrun each rank runs its round-robin share
+then `summary.json` is written (also listing the pages earlier runs left in the folder, see
+`writer.with_earlier_pages`). Under torchrun each rank runs its round-robin share
 (`sharding.shard`), writes its pages and `summary.rank-<r>.json`; after a barrier rank 0
 writes every document's markdown from the page files and merges the rank summaries into
 `summary.json`; the exit code is agreed over the ranks so they all end alike.
@@ -19,27 +20,13 @@ from typing import Sequence
 
 from ..errors import DeepseekOCRError
 from ..inputs import Document, PageRef, iter_pages
+from ..inputs.selection import DocumentErrorPage, error_page  # noqa: F401 (DocumentErrorPage: re-exported)
 from . import writer
 from .progress import ProgressReporter
 from .runner import PageOutcome, run_pages
 from .sharding import DistInfo, Group, shard
 
 logger = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True)
-class DocumentErrorPage(PageRef):
-    """Stands for a document that could not even be opened (encrypted or corrupt PDF, unreadable
-    image header): it flows through the pipeline as page 1 whose `load` raises the document's
-    error, so the failure is reported in input order, written, and retried by a rerun."""
-
-    scope: str = "document"
-
-
-def _raiser(err: BaseException):
-    def load():
-        raise err
-    return load
 
 
 def collect_pages(documents: Sequence[Document], *, pages: str | None = None, dpi: float = 144,
@@ -53,8 +40,9 @@ def collect_pages(documents: Sequence[Document], *, pages: str | None = None, dp
         password: for encrypted PDFs.
         max_pages: page-count limit per document (default: the inputs module's).
 
-    A document-level error becomes one `DocumentErrorPage` in its place (see above). A page range
-    that fits no document at all is a usage error and raises for the caller to report.
+    A document-level error, a page range outside a document included, becomes one
+    `DocumentErrorPage` in its place. `deepseek_ocr.inputs.select_pages` is the command's
+    version: missing inputs reported aside, page ranges cut at each document's end.
     """
     out: list[PageRef] = []
     extra = {} if max_pages is None else {"max_pages": max_pages}
@@ -62,8 +50,7 @@ def collect_pages(documents: Sequence[Document], *, pages: str | None = None, dp
         try:
             out.extend(iter_pages(doc, pages=pages, dpi=dpi, password=password, **extra))
         except (DeepseekOCRError, OSError) as err:
-            logger.info("%s: %s (reported as its page 1)", doc.path, err)
-            out.append(DocumentErrorPage(document=doc, index=0, number=1, load=_raiser(err)))
+            out.append(error_page(doc, err))
     return out
 
 
@@ -118,6 +105,14 @@ def run_job(ocr, pages: Sequence[PageRef], *, out_dir: str | os.PathLike, dist: 
     mine = shard(list(enumerate(pages)), dist.rank, dist.world_size)
     reporter = ProgressReporter(len(mine), enabled=progress and dist.is_main,
                                 prefix=f"[rank 0 of {dist.world_size}] " if dist.distributed else "")
+    try:
+        return _run(ocr, pages, mine, out_dir, dist, group, reporter, settings, run_kwargs)
+    finally:
+        reporter.close()  # also stops its timer thread when the run raises
+
+
+def _run(ocr, pages, mine, out_dir: Path, dist: DistInfo, group: Group | None, reporter: ProgressReporter,
+         settings: dict | None, run_kwargs: dict) -> JobReport:
     extra = {**(settings or {}), "world_size": dist.world_size}
     entries: list[dict] = []
     outcomes: list[PageOutcome] = []
@@ -128,25 +123,27 @@ def run_job(ocr, pages: Sequence[PageRef], *, out_dir: str | os.PathLike, dist: 
 
     try:
         stream = run_pages(ocr, [p for _, p in mine], out_dir=out_dir,
-                           write_documents=not dist.distributed, **run_kwargs)
+                           write_documents=not dist.distributed, watch=reporter, **run_kwargs)
         for k, outcome in enumerate(stream):  # the stream first: its end writes the documents
             order = mine[k][0]
             outcomes.append(outcome)
-            entry = writer.summary_entry(outcome.record, outcome.status)
+            entry = writer.summary_entry(outcome.record, outcome.status, outcome.redone)
             entry["order"] = order
             entries.append(entry)
             reporter.update(status=outcome.status,
                             tokens=len(outcome.result.token_ids) if outcome.status == "ok" else 0)
     except KeyboardInterrupt:
         reporter.close()
-        name = f"summary.rank-{dist.rank}.json" if dist.distributed else "summary.json"
-        writer.write_summary(out_dir, rank_summary(interrupted=True), name)
+        if dist.distributed:
+            writer.write_summary(out_dir, rank_summary(interrupted=True), f"summary.rank-{dist.rank}.json")
+        else:
+            writer.write_summary(out_dir, writer.with_earlier_pages(out_dir, rank_summary(interrupted=True)))
         raise
     reporter.close()
 
     documents: list[Path] = []
     if not dist.distributed:
-        summary = rank_summary()
+        summary = writer.with_earlier_pages(out_dir, rank_summary())
         writer.write_summary(out_dir, summary)
         documents = _document_paths(out_dir, pages)
         failed = summary["totals"]["failed"]
@@ -160,6 +157,7 @@ def run_job(ocr, pages: Sequence[PageRef], *, out_dir: str | os.PathLike, dist: 
     code = 1 if summary["totals"]["failed"] else 0
     if dist.is_main:
         summary = _merge_rank_summaries(out_dir, dist.world_size, time.perf_counter() - t0, extra)
+        summary = writer.with_earlier_pages(out_dir, summary)
         for name, numbers in _document_pages(pages).items():
             path = writer.write_document(out_dir, name, numbers)
             if path is not None:

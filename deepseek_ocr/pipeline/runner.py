@@ -15,6 +15,11 @@ never runs more than a bounded look-ahead of pages ahead of the model (`batch_si
 the next batch is ready when the current one ends), so memory stays flat on a 2000-page PDF. PIL, PDFium (under its lock) and the
 tokenizer release the GIL for their heavy parts, which is what makes threads worth it here.
 
+Resume: with an `out_dir`, a page whose files an earlier run left is reused only when that run
+had the same settings (model folder and dtype, mode, prompt, generation arguments, `settings`
+such as the PDF dpi, and the source file's size and modification time); otherwise it is redone
+and its outcome says why (`PageOutcome.redone`).
+
 Faults (RELIABILITY.md sections 21-23): a page whose loading or preparation raises a
 `DeepseekOCRError` or `OSError` gets that error and the others go on. A batch that runs out of
 memory, or fails with a `DeepseekOCRError` (e.g. one page too long for the context), is split
@@ -22,6 +27,7 @@ in halves and retried, down to a single page which then fails alone.
 """
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import time
@@ -33,13 +39,14 @@ from typing import Callable, Iterable, Iterator, Sequence
 
 import torch
 
-from ..errors import DeepseekOCRError
+from ..errors import DeepseekOCRError, PromptError
 from ..generation.generate import GenerationResult, _options
 from ..inputs import PageRef
 from ..ocr import DEFAULT_PROMPT
 from ..postprocess import PageRender, render_page
 from ..processing.views import Mode, resolve_mode
 from . import writer
+from .progress import NullWatch
 
 logger = logging.getLogger(__name__)
 
@@ -66,6 +73,7 @@ class PageOutcome:
         seconds: time spent on this page: its loading and preparation, its share of the batch's
             generation, rendering and writing.
         record: the page's json content (as written, or as read back when skipped).
+        redone: why an earlier run's result of this page was not reused (other settings), or None.
     """
 
     page: PageRef
@@ -76,6 +84,7 @@ class PageOutcome:
     skipped: bool = False
     seconds: float = 0.0
     record: dict = field(default_factory=dict)
+    redone: str | None = None
 
     @property
     def status(self) -> str:
@@ -96,6 +105,8 @@ class _Slot:
         self.result: GenerationResult | None = None
         self.error: tuple[str, str] | None = None  # (error_type, message)
         self.skipped: tuple[dict, GenerationResult] | None = None
+        self.redone: str | None = None
+        self.run: dict = {}
         self.timings: dict[str, float] = {}
 
     def fail(self, error_type: str, message: str) -> None:
@@ -118,13 +129,30 @@ class _Immediate:
         return self._value
 
 
+@contextlib.contextmanager
+def _steps_to(ocr, watch) -> Iterator[None]:
+    """Tell `watch` of every decoder forward while the block runs (the prefill, then one per
+    generated token), so a long batch shows its progress. A forward hook sees the reference
+    loop; a CUDA-graph replay runs no Python, so there the display shows the batch's time only."""
+    decoder = getattr(getattr(ocr, "model", None), "decoder", None)
+    if not isinstance(decoder, torch.nn.Module) or isinstance(watch, NullWatch):
+        yield
+        return
+    handle = decoder.register_forward_hook(lambda *_: watch.step())
+    try:
+        yield
+    finally:
+        handle.remove()
+
+
 def _describe_page(page: PageRef) -> str:
     return f"{page.document.path} page {page.number}"
 
 
 class _Runner:
     def __init__(self, ocr, *, prompt: str, mode: Mode, batch_size: int, workers: int,
-                 out_dir: Path | None, resume: bool, on_page, write_documents: bool, gen_kwargs: dict):
+                 out_dir: Path | None, resume: bool, on_page, write_documents: bool, gen_kwargs: dict,
+                 page_settings, watch):
         self.ocr = ocr
         self.prompt = prompt
         self.mode = mode
@@ -135,6 +163,16 @@ class _Runner:
         self.on_page = on_page
         self.write_documents = write_documents and out_dir is not None
         self.gen_kwargs = gen_kwargs
+        self.watch = watch
+        # What a page's result depends on besides its source file (see `_run_settings`).
+        folder = getattr(ocr, "folder", None)
+        self.settings = {
+            "model": str(folder) if folder is not None else None,
+            "dtype": str(getattr(ocr, "dtype", "")).replace("torch.", ""),
+            "mode": {"base_size": mode.base_size, "image_size": mode.image_size, "crop": mode.crop,
+                     "min_tiles": mode.min_tiles, "max_tiles": mode.max_tiles},
+            "prompt": prompt, "generation": gen_kwargs}
+        self.page_settings = page_settings if callable(page_settings) else (lambda page: dict(page_settings))
         self.lookahead = batch_size + workers
         # Documents seen so far: name -> [page numbers in order]; `_open_doc` is the one the
         # stream is in (see `_track_document` for when a document's markdown is written).
@@ -150,12 +188,27 @@ class _Runner:
         inputs = self.ocr.prepare(image, self.prompt, self.mode)
         return image, inputs, time.perf_counter() - t0
 
+    def _run_settings(self, page: PageRef) -> dict:
+        """The settings a page's result depends on: the run's, and its source file as it is now."""
+        try:
+            st = os.stat(page.document.path)
+            source = {"path": str(page.document.path), "size": st.st_size, "mtime_ns": st.st_mtime_ns}
+        except OSError:  # gone or unreadable: loading it will fail and say why
+            source = {"path": str(page.document.path)}
+        return {**self.settings, **self.page_settings(page), "source": {**source, "page_index": page.index}}
+
     def _new_slot(self, page: PageRef, pool: ThreadPoolExecutor | None) -> _Slot:
         slot = _Slot(page)
+        slot.run = self._run_settings(page)
         if self.out_dir is not None and self.resume:
-            slot.skipped = writer.read_done_page(self.out_dir, page.document.name, page.number)
-            if slot.skipped is not None:
-                return slot
+            done = writer.read_done_page(self.out_dir, page.document.name, page.number)
+            if done is not None:
+                slot.redone = writer.run_mismatch(done[0], slot.run)
+                if slot.redone is None:
+                    slot.skipped = done
+                    return slot
+                logger.info("%s: redone, the earlier result had other settings: %s",
+                            _describe_page(page), slot.redone)
         slot.future = pool.submit(self._prepare, page) if pool is not None else _Immediate(self._prepare, page)
         return slot
 
@@ -175,7 +228,8 @@ class _Runner:
         t0 = time.perf_counter()
         failure = None
         try:
-            results = self.ocr.generate([s.inputs for s in slots], **self.gen_kwargs)
+            with self.watch.batch(len(slots)), _steps_to(self.ocr, self.watch):
+                results = self.ocr.generate([s.inputs for s in slots], **self.gen_kwargs)
         except OutOfMemoryError as err:
             failure = ("OutOfMemoryError", f"out of memory in a batch of {len(slots)}: {err}")
         except DeepseekOCRError as err:
@@ -207,7 +261,7 @@ class _Runner:
         return {"format": writer.PAGE_FORMAT, "document": page.document.name,
                 "source": str(page.document.path), "kind": page.document.kind,
                 "page": page.number, "index": page.index,
-                "scope": getattr(page, "scope", "page")}
+                "scope": getattr(page, "scope", "page"), "run": slot.run}
 
     def _finish(self, slot: _Slot) -> PageOutcome:
         page = slot.page
@@ -231,7 +285,8 @@ class _Runner:
                 record.update(finish_reason=slot.result.finish_reason, tokens=writer.token_figures(slot.result))
             if self.out_dir is not None:
                 writer.write_page_error(self.out_dir, record)
-            return PageOutcome(page, slot.result, None, message, error_type, seconds=seconds, record=record)
+            return PageOutcome(page, slot.result, None, message, error_type, seconds=seconds, record=record,
+                               redone=slot.redone)
         result = slot.result
         record.update(
             status="ok", error=None, width=slot.image.width, height=slot.image.height,
@@ -246,7 +301,7 @@ class _Runner:
             t0 = time.perf_counter()
             record = writer.write_page(self.out_dir, record, result, render)
             seconds += time.perf_counter() - t0
-        return PageOutcome(page, result, render, seconds=seconds, record=record)
+        return PageOutcome(page, result, render, seconds=seconds, record=record, redone=slot.redone)
 
     def _track_document(self, outcome: PageOutcome) -> None:
         """Write a document's markdown as soon as its last page is through: known from the page
@@ -341,21 +396,30 @@ class _Runner:
 def run_pages(ocr, pages: Iterable[PageRef], *, prompt: str = DEFAULT_PROMPT, mode: str | Mode = "gundam",
               batch_size: int = 8, workers: int = 2, out_dir: str | os.PathLike | None = None,
               resume: bool = True, on_page: Callable[[PageOutcome], None] | None = None,
-              write_documents: bool = True, **gen_kwargs) -> Iterator[PageOutcome]:
+              write_documents: bool = True, page_settings: dict | Callable[[PageRef], dict] | None = None,
+              watch=None,
+              **gen_kwargs) -> Iterator[PageOutcome]:
     """Run `ocr` over `pages`, yielding one `PageOutcome` per page in input order.
 
     Args:
-        ocr: a loaded `DeepseekOCR`.
+        ocr: a loaded `DeepseekOCR` (None only when no page reaches the model, e.g. every page
+            is a `DocumentErrorPage`: the command then loads no model).
         pages: `PageRef`s (from `deepseek_ocr.inputs.iter_pages`), consumed lazily.
         prompt: the prompt for every page (must contain `<image>` once).
         mode: "tiny", "small", "base", "large", "gundam" or a `Mode`.
         batch_size: pages per `ocr.generate` call (>= 1).
         workers: threads loading and preparing pages ahead of the model (0: in this thread).
         out_dir: where to write the files (see `writer`); None writes nothing.
-        resume: skip pages whose `page-XXXX.json` exists in `out_dir`.
+        resume: skip pages whose `page-XXXX.json` exists in `out_dir` and was made with the same
+            settings (others are redone; `PageOutcome.redone` says what differed).
         on_page: called with each outcome (after its files are written), before it is yielded.
         write_documents: write `<doc>/<doc>.md` once a document's pages are all done (off for
             a rank of a distributed run, whose share of a document is partial).
+        page_settings: more json-able settings the results depend on, recorded in each page's
+            json and compared on resume: a dict, or a function of the page (e.g. the dpi, for
+            PDF pages only).
+        watch: told when a batch starts and when each decode step of it ends (the progress
+            display); see `progress.BatchWatch`. Default: nobody.
         **gen_kwargs: passed to `ocr.generate` (max_new_tokens, temperature, no_repeat_ngram_size,
             ignore_eos, ...).
 
@@ -367,10 +431,11 @@ def run_pages(ocr, pages: Iterable[PageRef], *, prompt: str = DEFAULT_PROMPT, mo
     if isinstance(workers, bool) or not isinstance(workers, int) or workers < 0:
         raise ValueError(f"workers must be a non-negative integer, got {workers!r}")
     if "<image>" not in prompt:
-        raise ValueError(f"the prompt must contain <image>: {prompt!r}")
+        raise PromptError(f"the prompt must contain <image>: {prompt!r}")
     _options(gen_kwargs)  # unknown generation arguments fail now, not after the first page
     runner = _Runner(ocr, prompt=prompt, mode=resolve_mode(mode), batch_size=batch_size,
                      workers=workers, out_dir=Path(out_dir) if out_dir is not None else None,
                      resume=resume, on_page=on_page, write_documents=write_documents,
-                     gen_kwargs=gen_kwargs)
+                     gen_kwargs=gen_kwargs, page_settings=page_settings or {},
+                     watch=watch if watch is not None else NullWatch())
     return runner.run(pages)

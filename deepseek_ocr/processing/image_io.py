@@ -19,9 +19,12 @@ Policies (each deliberate, each tested in tests/test_image_io.py):
   gives. `count_frames` and the `frame=` argument let a caller treat frames as pages.
 * Size: the pixel count in the header is checked after `Image.open` (which reads only the
   header) and before any decoding, against `max_pixels` (default `DEFAULT_MAX_PIXELS`,
-  64 megapixels, about 8000 × 8000; overridable per call). Pillow's own decompression-bomb
-  warning and error become `ImageTooLargeError` too. Pillow's global `Image.MAX_IMAGE_PIXELS`
-  is never changed, so a `max_pixels` above twice that value is still capped by Pillow.
+  64 megapixels, about 8000 × 8000; overridable per call). That is the one limit: Pillow's
+  decompression-bomb warning (above `Image.MAX_IMAGE_PIXELS`) is ignored, since our check
+  follows at once. Pillow's error (above twice that value, raised while opening) becomes
+  `ImageTooLargeError` quoting the limit that refused the image. Pillow's global
+  `Image.MAX_IMAGE_PIXELS` is never changed, so a `max_pixels` above twice that value is still
+  capped by Pillow.
 * Decoding is forced here (`.load()`), so truncated or corrupt files fail in this function
   with `InvalidImageError`; `ImageFile.LOAD_TRUNCATED_IMAGES` is left as it is (False).
 * Degenerate sizes (1 × 1, 1 × 50000) load; rejecting or tiling them is the caller's job.
@@ -124,6 +127,18 @@ def _open(source: ImageSource, name: str) -> tuple[Image.Image, bool]:
     )
 
 
+def _bomb_error(name: str, max_pixels: int, pil_limit: int | None) -> ImageTooLargeError:
+    """Pillow refused to open an image over twice `Image.MAX_IMAGE_PIXELS`: say which limit that
+    was for the caller, quoting one number (Pillow's own message names another)."""
+    hard = 2 * pil_limit if pil_limit is not None else None
+    if hard is None or max_pixels < hard:
+        return ImageTooLargeError(f"{name}: image is over the limit of {max_pixels} pixels (max_pixels); "
+                                  f"its header was refused before any pixel was decoded")
+    return ImageTooLargeError(
+        f"{name}: image is over {hard} pixels, where Pillow refuses to open images whatever "
+        f"max_pixels allows (twice PIL.Image.MAX_IMAGE_PIXELS; raise that to read it)")
+
+
 def load_image(
     source: ImageSource, *, max_pixels: int = DEFAULT_MAX_PIXELS, frame: int = 0
 ) -> Image.Image:
@@ -153,11 +168,8 @@ def load_image(
     owned = False
     # catch_warnings restores the filter list on exit, so nothing leaks to the caller.
     with warnings.catch_warnings():
-        if pil_limit is not None and max_pixels > pil_limit:
-            # The caller explicitly allowed more than Pillow's warning threshold: our limit rules.
-            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-        else:
-            warnings.simplefilter("error", Image.DecompressionBombWarning)
+        # Our limit rules, checked right after the header is read (see the module docstring).
+        warnings.simplefilter("ignore", Image.DecompressionBombWarning)
         # Dropping palette transparency is the stated policy, so Pillow's hint to use RGBA is noise.
         warnings.filterwarnings("ignore", message="Palette images with Transparency", category=UserWarning)
         try:
@@ -172,11 +184,8 @@ def load_image(
             image.load()  # decode now: truncation and corrupt data fail here, not later
             oriented = ImageOps.exif_transpose(image)
             result = _to_rgb(oriented)
-        except (Image.DecompressionBombWarning, Image.DecompressionBombError) as err:
-            raise ImageTooLargeError(
-                f"{name}: image exceeds Pillow's decompression-bomb limit "
-                f"(Image.MAX_IMAGE_PIXELS = {pil_limit}; max_pixels = {max_pixels}): {err}"
-            ) from err
+        except Image.DecompressionBombError as err:
+            raise _bomb_error(name, max_pixels, pil_limit) from err
         except (InvalidImageError, ImageTooLargeError):
             raise  # ours, already worded; must not be re-wrapped by the ValueError clause below
         except _PIL_DATA_ERRORS as err:
@@ -198,13 +207,13 @@ def count_frames(source: ImageSource, *, max_pixels: int = DEFAULT_MAX_PIXELS) -
     image: Image.Image | None = None
     owned = False
     with warnings.catch_warnings():
-        warnings.simplefilter("error", Image.DecompressionBombWarning)
+        warnings.simplefilter("ignore", Image.DecompressionBombWarning)  # as in load_image
         try:
             image, owned = _open(source, name)
             _check_pixels(image, max_pixels, name)
             return int(getattr(image, "n_frames", 1))
-        except (Image.DecompressionBombWarning, Image.DecompressionBombError) as err:
-            raise ImageTooLargeError(f"{name}: image exceeds Pillow's decompression-bomb limit: {err}") from err
+        except Image.DecompressionBombError as err:
+            raise _bomb_error(name, max_pixels, Image.MAX_IMAGE_PIXELS) from err
         except (InvalidImageError, ImageTooLargeError):
             raise
         except _PIL_DATA_ERRORS as err:

@@ -11,11 +11,15 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
+from typing import TYPE_CHECKING
+
 import numpy as np
-import torch
 from PIL import Image, ImageOps
 
-from ..errors import InvalidImageError
+from ..errors import InvalidImageError, ModeError
+
+if TYPE_CHECKING:  # torch is imported where pixels are made, so that parsing a mode (the
+    import torch   # command line's first check) does not wait seconds for it
 
 PAD_COLOR = (127, 127, 127)  # int(0.5 * 255) per channel: the normalization mean, i.e. 0 after it
 
@@ -42,10 +46,10 @@ class Mode:
     def __post_init__(self):
         for field in ("base_size", "image_size"):
             v = getattr(self, field)
-            if not isinstance(v, int) or v < 64 or v % 16:
-                raise ValueError(f"Mode.{field} must be a multiple of 16 and >= 64, got {v!r}")
+            if isinstance(v, bool) or not isinstance(v, int) or v < 64 or v % 16:
+                raise ModeError(f"Mode.{field} must be a multiple of 16 and >= 64, got {v!r}")
         if self.crop and not 1 <= self.min_tiles <= self.max_tiles:
-            raise ValueError(f"Mode needs 1 <= min_tiles <= max_tiles, got {self.min_tiles}..{self.max_tiles}")
+            raise ModeError(f"Mode needs 1 <= min_tiles <= max_tiles, got {self.min_tiles}..{self.max_tiles}")
 
 
 MODES: dict[str, Mode] = {
@@ -58,12 +62,26 @@ MODES: dict[str, Mode] = {
 
 
 def resolve_mode(mode: str | Mode) -> Mode:
+    """A `Mode`, a mode name ("tiny" ... "gundam", any case), or `BASE:IMAGE[:crop]` such as
+    "1024:640:crop" (the command line's form: global view side, tile side, tiling on).
+
+    Raises:
+        ModeError: an unknown name or a malformed or invalid `BASE:IMAGE[:crop]`.
+    """
     if isinstance(mode, Mode):
         return mode
-    try:
-        return MODES[str(mode).lower()]
-    except KeyError:
-        raise ValueError(f"unknown mode {mode!r}; choose one of {sorted(MODES)} or pass a Mode(...)") from None
+    if not isinstance(mode, str):
+        raise ModeError(f"mode must be a mode name, 'BASE:IMAGE[:crop]' or a Mode, got {type(mode).__name__}")
+    named = MODES.get(mode.strip().lower())
+    if named is not None:
+        return named
+    parts = mode.strip().split(":")
+    expected = f"one of {sorted(MODES)}, BASE:IMAGE or BASE:IMAGE:crop (e.g. 1024:640:crop)"
+    if len(parts) not in (2, 3) or (len(parts) == 3 and parts[2].strip().lower() != "crop"):
+        raise ModeError(f"unknown mode {mode!r}; expected {expected}")
+    if not all(p.strip().isdigit() for p in parts[:2]):
+        raise ModeError(f"mode {mode!r}: BASE and IMAGE must be whole numbers of pixels; expected {expected}")
+    return Mode(int(parts[0]), int(parts[1]), len(parts) == 3, name=mode.strip())
 
 
 def candidate_grids(min_tiles: int, max_tiles: int) -> list[tuple[int, int]]:
@@ -129,6 +147,7 @@ def to_pixels(views: list[Image.Image]) -> torch.Tensor:
     The float32 steps mirror torchvision's ToTensor (uint8 / 255) and Normalize (sub, div) so
     the bf16 rounding lands on the same values as the official preprocessing.
     """
+    import torch
     arrays = [torch.from_numpy(np.asarray(v, dtype=np.uint8).copy()).permute(2, 0, 1) for v in views]
     x = torch.stack(arrays).to(torch.float32).div(255)
     x = x.sub(0.5).div(0.5)
@@ -147,6 +166,7 @@ class Views:
 
 def make_views(image: Image.Image, mode: Mode) -> Views:
     """Cut a loaded RGB image into the views of `mode` (DESIGN.md section 2)."""
+    import torch
     if image.width < 1 or image.height < 1:
         raise InvalidImageError(f"image has no pixels ({image.width}x{image.height})")
     size = image.size

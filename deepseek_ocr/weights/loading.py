@@ -17,7 +17,7 @@ import torch
 from torch import nn
 
 from ..config import ModelConfig
-from ..errors import WeightsError
+from ..errors import CheckpointNotFoundError, WeightsError
 from ..modeling import DeepseekOCRModel
 from .names import expected_tensors, slot_for
 from .safetensors_io import load_tensors, read_header, refuse_pickles
@@ -38,7 +38,7 @@ def resolve_checkpoint(path_or_repo: str | os.PathLike, revision: str | None = N
     text = os.fspath(path_or_repo)
     looks_like_repo = text.count("/") == 1 and not text.startswith((".", "/", "~")) and not p.exists()
     if not looks_like_repo:
-        raise WeightsError(f"checkpoint folder not found: {text}")
+        raise CheckpointNotFoundError(f"checkpoint folder not found: {text}")
     try:
         from huggingface_hub import snapshot_download
         from huggingface_hub.errors import HfHubHTTPError, LocalEntryNotFoundError
@@ -47,10 +47,11 @@ def resolve_checkpoint(path_or_repo: str | os.PathLike, revision: str | None = N
     try:
         return Path(snapshot_download(text, revision=revision, allow_patterns=_HUB_PATTERNS))
     except LocalEntryNotFoundError as err:
-        raise WeightsError(
+        raise CheckpointNotFoundError(
             f"{text}: not in the local Hugging Face cache and the hub cannot be reached "
             f"(HF_HUB_OFFLINE={os.environ.get('HF_HUB_OFFLINE', 'unset')}). Download it once with "
-            f"`huggingface-cli download {text}`, or pass a local folder.") from err
+            f"`hf download {text}` (the command of huggingface_hub >= 0.34), or pass a local "
+            f"folder.") from err
     except (HfHubHTTPError, OSError, ValueError) as err:
         raise WeightsError(f"{text}: could not fetch from the hub: {err}") from err
 
@@ -101,7 +102,9 @@ def check_tensors(found: dict[str, tuple[torch.dtype, tuple[int, ...], Path]],
 def _set_param(model: nn.Module, name: str, value: torch.Tensor) -> None:
     module_path, _, leaf = name.rpartition(".")
     module = model.get_submodule(module_path) if module_path else model
-    setattr(module, leaf, nn.Parameter(value, requires_grad=False))
+    # Trainable by default, as any nn.Module: inference runs under inference_mode, where this
+    # costs nothing, and `DeepseekOCR.loss` is differentiable straight after loading.
+    setattr(module, leaf, nn.Parameter(value, requires_grad=True))
 
 
 def load_model(folder: Path, cfg: ModelConfig, *, device: torch.device, dtype: torch.dtype
