@@ -78,6 +78,10 @@ class DecoderConfig:
     max_position_embeddings: int = 8192
     rope_theta: float = 10000.0
     rms_norm_eps: float = 1e-6
+    # Training only: the MoE balance loss (DeepSeek-V2's defaults when config.json omits them,
+    # as the official one does).
+    aux_loss_alpha: float = 0.001
+    seq_aux: bool = True
 
     @property
     def head_dim(self) -> int:
@@ -158,6 +162,8 @@ class ModelConfig:
                 max_position_embeddings=int(get("max_position_embeddings", 8192, required=False)),
                 rope_theta=float(get("rope_theta", 10000.0, required=False)),
                 rms_norm_eps=float(get("rms_norm_eps", 1e-6, required=False)),
+                aux_loss_alpha=float(get("aux_loss_alpha", 0.001, required=False)),
+                seq_aux=bool(get("seq_aux", True, required=False)),
             )
         except (TypeError, ValueError) as err:
             raise ConfigError(f"{source}: a language field has the wrong type: {err}") from err

@@ -22,7 +22,8 @@ from .processing.prompt import PreparedInputs, build_inputs, with_answer
 from .processing.tokenizer import Tokenizer
 from .processing.views import Mode, make_views, resolve_mode
 from .weights.loading import DEFAULT_REPO, load_model, resolve_checkpoint
-from .weights.names import checkpoint_tensors
+from .training.objective import LossOutput, compute_loss
+from .weights.names import checkpoint_tensors, official_gradients
 from .weights.saving import save_checkpoint
 
 logger = logging.getLogger(__name__)
@@ -164,6 +165,27 @@ class DeepseekOCR:
             views = make_views(load_image(image, max_pixels=self.max_pixels), mode)
             inputs = build_inputs(self.tokenizer, prompt, views, mode)
         return inputs if answer is None else with_answer(self.tokenizer, inputs, answer)
+
+    # ---------------------------------------------------------------------------- training
+    def loss(self, batch: Sequence[PreparedInputs], aux_loss: bool = True, *,
+             gradient_checkpointing: bool = False) -> LossOutput:
+        """The official training objective on prepared samples (`prepare(..., answer=...)`).
+
+        Returns a `LossOutput`: `.ce` the token-mean cross entropy over every label of the batch
+        (what the official code reports), `.loss` the differentiable objective (`.ce` plus the
+        MoE balance loss when `aux_loss`). Padding is done here; image and text-only samples
+        mix. Gradients reach the decoder, the projector, CLIP and SAM (whichever are trainable).
+        """
+        return compute_loss(self.model, batch, pad_id=self.tokenizer.pad_id, aux_loss=aux_loss,
+                            gradient_checkpointing=gradient_checkpointing)
+
+    def zero_grad(self) -> None:
+        """Drop every parameter's gradient."""
+        self.model.zero_grad(set_to_none=True)
+
+    def official_grads(self) -> dict[str, torch.Tensor]:
+        """`{official tensor name: gradient}` for every parameter that has one (experts per expert)."""
+        return official_gradients(self.model)
 
     # ---------------------------------------------------------------------------- forward
     @torch.inference_mode()

@@ -95,7 +95,8 @@ class MoE(nn.Module):
         flat = x.reshape(-1, shape[-1])
         weights, ids = moe_route(self.gate, flat)  # the kernel seam
         if taps is not None:
-            taps["topk_ids"], taps["topk_weights"] = ids, weights
+            # router_input: what the training objective's balance loss recomputes scores from.
+            taps["topk_ids"], taps["topk_weights"], taps["router_input"] = ids, weights, flat
         y = moe_experts(self.experts, flat, weights, ids)  # the kernel seam
         if self.shared_experts is not None:
             y = y + self.shared_experts(flat)

@@ -103,3 +103,21 @@ def checkpoint_tensors(model: torch.nn.Module) -> Iterator[tuple[str, torch.Tens
             if slot.rows is not None:
                 t = t[slot.rows[0]:slot.rows[1]]
             yield name, t
+
+
+def official_gradients(model: torch.nn.Module) -> dict[str, torch.Tensor]:
+    """`{official checkpoint name: gradient}` for every parameter holding one.
+
+    Stacked experts are split per expert as the checkpoint names them (views of the stacked
+    gradient). Parameters that are not part of the checkpoint (LoRA factors, say) are left out.
+    """
+    out = {}
+    for param, tensor in model.named_parameters():
+        if tensor.grad is None or checkpoint_name(param) is None or ".lora_" in param:
+            continue
+        for name, _shape, slot in expand_param(param, tuple(tensor.shape)):
+            g = tensor.grad if slot.expert is None else tensor.grad[slot.expert]
+            if slot.rows is not None:
+                g = g[slot.rows[0]:slot.rows[1]]
+            out[name] = g
+    return out
