@@ -40,11 +40,14 @@ class Router(nn.Module):
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """x `[N, H]` -> (weights `[N, k]` float32, expert ids `[N, k]` int64)."""
-        logits = F.linear(x.float(), self.weight.float())  # (N, E) in float32
-        scores = logits.softmax(dim=-1)
-        weights, ids = torch.topk(scores, self.cfg.num_experts_per_tok, dim=-1)
-        if self.cfg.norm_topk_prob:
-            weights = weights / weights.sum(dim=-1, keepdim=True)
+        # Autocast (bf16 training on CUDA) would run this F.linear in bf16 despite the float()
+        # casts and change which experts win near ties; the official router scores in float32.
+        with torch.autocast(x.device.type, enabled=False):
+            logits = F.linear(x.float(), self.weight.float())  # (N, E) in float32
+            scores = logits.softmax(dim=-1)
+            weights, ids = torch.topk(scores, self.cfg.num_experts_per_tok, dim=-1)
+            if self.cfg.norm_topk_prob:
+                weights = weights / weights.sum(dim=-1, keepdim=True)
         return weights * self.cfg.routed_scaling_factor, ids
 
 

@@ -40,18 +40,31 @@ def _draw(name: str, shape: tuple[int, ...], seed: int) -> torch.Tensor:
 
 
 def random_config(layers: int = 12, experts: int = 64, topk: int = 6,
-                  dtype: str = "bfloat16") -> ModelConfig:
-    """The official configuration with a smaller decoder."""
+                  dtype: str = "bfloat16", *, hidden_size: int | None = None,
+                  heads: int | None = None, intermediate_size: int | None = None,
+                  moe_intermediate_size: int | None = None) -> ModelConfig:
+    """The official configuration with a smaller decoder.
+
+    `hidden_size`, `heads`, `intermediate_size` (dense MLP) and `moe_intermediate_size` (each
+    expert) shrink the decoder's width too (None keeps the official value); the projector
+    follows `hidden_size`. A narrow decoder is what a CPU test can train in seconds.
+    """
     base = ModelConfig()
+    width = {k: v for k, v in (("hidden_size", hidden_size), ("num_heads", heads),
+                               ("num_kv_heads", heads), ("intermediate_size", intermediate_size),
+                               ("moe_intermediate_size", moe_intermediate_size)) if v is not None}
     decoder = replace(base.decoder, num_layers=layers, n_routed_experts=experts,
-                      num_experts_per_tok=min(topk, experts))
+                      num_experts_per_tok=min(topk, experts), **width)
     cfg = replace(base, decoder=decoder, torch_dtype=dtype)
     return ModelConfig.from_dict(cfg.to_dict(), source="random_config")
 
 
 def make_random_checkpoint(folder: str | os.PathLike, *, layers: int = 12, experts: int = 64,
                            topk: int = 6, dtype: torch.dtype = torch.bfloat16, seed: int = 0,
-                           tokenizer_dir: str | os.PathLike | None = None) -> Path:
+                           tokenizer_dir: str | os.PathLike | None = None,
+                           hidden_size: int | None = None, heads: int | None = None,
+                           intermediate_size: int | None = None,
+                           moe_intermediate_size: int | None = None) -> Path:
     """Write a random checkpoint to `folder` (config.json, index, safetensors, tokenizer).
 
     Args:
@@ -59,8 +72,12 @@ def make_random_checkpoint(folder: str | os.PathLike, *, layers: int = 12, exper
         dtype: storage dtype of the tensors.
         seed: base seed; each tensor's generator is seeded with seed + crc32(name).
         tokenizer_dir: folder with tokenizer.json etc. (default: the bundled tokenizer).
+        hidden_size, heads, intermediate_size, moe_intermediate_size: decoder width (see
+            `random_config`; None keeps the official sizes).
     """
-    cfg = random_config(layers, experts, topk, str(dtype).replace("torch.", ""))
+    cfg = random_config(layers, experts, topk, str(dtype).replace("torch.", ""), hidden_size=hidden_size,
+                        heads=heads, intermediate_size=intermediate_size,
+                        moe_intermediate_size=moe_intermediate_size)
     with torch.device("meta"):
         meta = DeepseekOCRModel(cfg)
     tensors = ((name, _draw(name, shape, seed).to(dtype))

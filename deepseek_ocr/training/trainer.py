@@ -1,0 +1,398 @@
+"""The training loop: mixed precision, accumulation, clipping, checkpoints, evaluation, stops.
+
+    >>> trainer = Trainer(ocr, cfg, train_samples, eval_samples, resume=None)
+    >>> result = trainer.train()          # TrainResult: steps, losses, interrupted, paths
+
+Precision: float32 master weights and AdamW state always; on CUDA the forward runs under bf16
+autocast (the MoE router and RMSNorm compute in float32 inside it); on CPU everything is
+float32 (bf16 matmuls are slow there and would make CPU runs inexact).
+
+Stops: SIGINT/SIGTERM set a flag checked between steps; the loop then writes a checkpoint and
+returns `interrupted=True` (a second SIGINT aborts at once). A NaN/Inf loss or gradient norm
+raises `NonFiniteLossError` naming the step and its samples, and CUDA running out of memory
+raises `TrainingOOMError` with the batch's shape and advice; neither writes a checkpoint, so
+the last good one stays the latest.
+"""
+from __future__ import annotations
+
+import contextlib
+import logging
+import math
+import os
+import random
+import signal
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Sequence
+
+import numpy as np
+import torch
+
+from ..errors import DeepseekOCRError
+from ..processing.prompt import IGNORE_INDEX, PreparedInputs
+from .checkpoint import (TrainState, load_optimizer, load_weights, read_state, restore_rng, save_checkpoint,
+                         train_state)
+from .config import TrainConfig, resume_differences
+from .data.sampler import SampleOrder
+from .evaluate import evaluate
+from .lora import LoraConfig, apply_lora, merge_lora
+from .monitor import Monitor
+from .optim import build_optimizer
+from .schedule import lr_at
+from .trainable import set_trainable
+
+logger = logging.getLogger(__name__)
+
+
+class TrainingError(DeepseekOCRError, RuntimeError):
+    """Training stopped: the run cannot continue as configured."""
+
+
+class NonFiniteLossError(TrainingError):
+    """The loss (or the gradient norm) became NaN or Inf; `step` and `samples` say where."""
+
+    def __init__(self, message: str, step: int, samples: list[str]):
+        super().__init__(message)
+        self.step, self.samples = step, samples
+
+
+class TrainingOOMError(TrainingError):
+    """The accelerator ran out of memory in a training step."""
+
+
+@dataclass
+class TrainResult:
+    """`step`: updates done; `losses`: one record per update of the whole run; `interrupted`:
+    stopped by a signal (a checkpoint was written); `checkpoint`: the latest checkpoint written;
+    `adapter_dir` / `model_dir`: the final LoRA adapter and official-layout model, when written;
+    `eval`: the last evaluation's summary."""
+
+    step: int
+    losses: list[dict]
+    interrupted: bool = False
+    checkpoint: Path | None = None
+    adapter_dir: Path | None = None
+    model_dir: Path | None = None
+    eval: dict | None = None
+    extras: dict = field(default_factory=dict)
+
+
+# ----------------------------------------------------------------------------- distributed seam
+def world() -> tuple[int, int]:
+    """(rank, world_size) from torchrun's environment; (0, 1) in a plain process."""
+    return int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
+
+
+def wrap_model(model: torch.nn.Module, cfg: TrainConfig) -> torch.nn.Module:
+    """The module the loop runs forward/backward through: the model itself in one process.
+
+    The seam for DDP / FSDP2 (wrapping, `no_sync` on all but the last micro-batch): until that
+    lands, several processes are refused rather than trained as independent copies.
+    """
+    _rank, size = world()
+    if size > 1:
+        raise TrainingError(f"WORLD_SIZE={size}: multi-process training (DDP/FSDP2) is not available yet; "
+                            "run one process")
+    return model
+
+
+def all_reduce_sum(value: int, device: torch.device) -> int:
+    """Sum over ranks (the global label count of a step); the value itself in one process."""
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        t = torch.tensor([value], dtype=torch.int64, device=device)
+        torch.distributed.all_reduce(t)
+        return int(t.item())
+    return value
+
+
+# ----------------------------------------------------------------------------------- the loop
+def _seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def _labels(inp: PreparedInputs) -> int:
+    # compute_loss scores labels[1:]; labels[0] is BOS (always -100), so this is its count.
+    return int((inp.labels != IGNORE_INDEX).sum())
+
+
+def _source(inp: PreparedInputs, index: int) -> str:
+    return str(inp.extras.get("source") or f"sample {index}")
+
+
+class Trainer:
+    """Fine-tune `ocr` (a `DeepseekOCR` with float32 weights) as `cfg` says.
+
+    Args:
+        ocr: the base model (no LoRA on it yet); LoRA and `requires_grad` are set here.
+        cfg: the run's `TrainConfig`.
+        train_data: a sequence of `PreparedInputs` with labels (a `SampleDataset`).
+        eval_data: held-out samples, or None.
+        resume: a checkpoint folder to continue from (see `checkpoint.resolve_resume`).
+        on_step: called as `on_step(trainer, record)` after every update (tests, tooling).
+    """
+
+    def __init__(self, ocr, cfg: TrainConfig, train_data: Sequence[PreparedInputs],
+                 eval_data: Sequence[PreparedInputs] | None = None, *, resume: str | os.PathLike | None = None,
+                 on_step: Callable[["Trainer", dict], None] | None = None):
+        self.ocr, self.cfg, self.train_data, self.eval_data, self.on_step = ocr, cfg, train_data, eval_data, on_step
+        self.rank, self.world_size = world()
+        self.output_dir = Path(cfg.output_dir)
+        self.device = ocr.device
+        root = ocr.model
+        if any(p.dtype != torch.float32 for p in root.parameters()):
+            raise TrainingError("training needs float32 master weights: load the model with dtype='float32' "
+                                "(bf16 compute comes from autocast on CUDA)")
+        _seed_everything(cfg.seed)
+        saved = None
+        if resume is not None:
+            saved = read_state(resume)
+            diffs = resume_differences(saved["config"], cfg)
+            if diffs:
+                raise TrainingError(f"{resume} was trained with other settings; resume with the same ones "
+                                    "(or start a new run):\n  " + "\n  ".join(diffs))
+            load_weights(resume, root, lora=cfg.uses_lora)
+        elif cfg.uses_lora:
+            gen = torch.Generator(device=self.device).manual_seed(cfg.seed)
+            apply_lora(root, self.lora_config(), generator=gen)
+        self.summary = set_trainable(root, cfg.trainable_preset)
+        self.params = [p for p in root.parameters() if p.requires_grad]
+        self.vision_frozen = not any(p.requires_grad for p in root.vision.parameters())
+        root.train()
+        self.module = wrap_model(root, cfg)
+        self.optimizer = build_optimizer(root, lr=cfg.learning_rate, weight_decay=cfg.weight_decay,
+                                         betas=tuple(cfg.betas), eps=cfg.eps)
+        self.order = SampleOrder(len(train_data), seed=cfg.seed, rank=self.rank, world_size=self.world_size)
+        self.state = TrainState(config=cfg.to_dict())
+        if saved is not None:
+            load_optimizer(resume, self.optimizer)
+            self.state = train_state(saved)
+            self.state.config = cfg.to_dict()
+            self.order.load_state_dict(self.state.sampler)
+            restore_rng(resume, saved)
+        self.total_steps = cfg.total_steps(len(self.order))
+        self.last_checkpoint: Path | None = Path(resume) if resume is not None else None
+        self._saved_step = self.state.step if resume is not None else -1
+        self._stop_signal: int | None = None
+        self._rows: dict[int, torch.Tensor] = {}
+
+    def lora_config(self) -> LoraConfig:
+        c = self.cfg
+        kw = {} if c.lora_targets is None else {"target_modules": c.lora_targets}
+        return LoraConfig(r=c.lora_r, alpha=c.lora_alpha if c.lora_alpha is not None else c.lora_r,
+                          dropout=c.lora_dropout, use_rslora=c.lora_rslora, **kw)
+
+    # ------------------------------------------------------------------------------- pieces
+    def autocast(self):
+        """bf16 autocast on CUDA (dtype "auto" or "bfloat16"); nothing on CPU or with float32."""
+        if self.device.type == "cuda" and self.cfg.dtype != "float32":
+            return torch.autocast("cuda", dtype=torch.bfloat16)
+        return contextlib.nullcontext()
+
+    def lr(self, step: int) -> float:
+        return lr_at(step, self.cfg.learning_rate, total=self.total_steps, warmup=self.cfg.warmup_steps,
+                     schedule=self.cfg.schedule, min_ratio=self.cfg.min_lr_ratio)
+
+    def request_stop(self, signum: int = signal.SIGINT) -> None:
+        """Ask the loop to checkpoint and return after the current step (what a signal does)."""
+        self._stop_signal = signum
+
+    def _attach_rows(self, batch: list[PreparedInputs], indices: list[int]) -> None:
+        """With a frozen vision tower and `cache_vision`, encode each sample's image once."""
+        if not (self.cfg.cache_vision and self.vision_frozen):
+            return
+        todo = [(inp, i) for inp, i in zip(batch, indices) if inp.has_image and inp.vision_rows is None]
+        fresh = [(inp, i) for inp, i in todo if i not in self._rows]
+        if fresh:
+            rows = self.ocr.encode_images([inp for inp, _ in fresh])
+            for (_inp, i), r in zip(fresh, rows):
+                self._rows[i] = r.clone()  # out of inference mode, so autograd may use it
+        for inp, i in todo:
+            inp.vision_rows = self._rows[i]
+
+    def _next_batches(self) -> tuple[list[list[PreparedInputs]], list[int], dict]:
+        b = self.cfg.batch_size
+        indices = self.order.take(b * self.cfg.grad_accum)
+        # The data position of *this* batch, taken before anything else is read: a checkpoint
+        # written after training on it resumes with the next one.
+        position = self.order.state_dict()
+        items = [self.train_data[i] for i in indices]
+        self._attach_rows(items, indices)
+        return [items[j:j + b] for j in range(0, len(items), b)], indices, position
+
+    def _oom(self, micro: list[PreparedInputs]) -> TrainingOOMError:
+        lengths = [inp.num_tokens for inp in micro]
+        if self.device.type == "cuda":
+            torch.cuda.empty_cache()
+        c = self.cfg
+        return TrainingOOMError(
+            f"out of memory at step {self.state.step + 1} on {self.device} with batch_size={c.batch_size} "
+            f"(grad_accum={c.grad_accum}), sequence lengths {lengths} (longest {max(lengths)} tokens). "
+            "Try: a smaller batch_size with a larger grad_accum (same samples per step), "
+            "gradient_checkpointing=true, a smaller mode or max_length, or LoRA instead of full fine-tuning. "
+            f"The last good checkpoint is {self.last_checkpoint or 'none (no checkpoint written yet)'}.")
+
+    def _step(self, micro: list[list[PreparedInputs]], indices: list[int]) -> dict:
+        """One optimizer update over the accumulated micro-batches; returns its record."""
+        # Normalization: the update must equal one step on the whole accumulated batch, whose
+        # objective (as the official code defines it) is the cross entropy averaged over every
+        # labelled token of the batch. A micro-batch's `ce` is the mean over its own labels, so
+        # it is weighted by its share of the step's labels (n_i / N; summed over ranks, and
+        # times world_size because DDP averages gradients). Averaging micro-batch means instead
+        # would over-weight the tokens of short answers. The balance loss is a mean over
+        # sequences, so it is weighted by the micro-batch's share of the step's sequences.
+        n_labels = [sum(_labels(inp) for inp in mb) for mb in micro]
+        total_labels = all_reduce_sum(sum(n_labels), self.device)
+        total_seqs = sum(len(mb) for mb in micro) * self.world_size
+        step = self.state.step
+        ce_sum = aux_sum = 0.0
+        tokens = 0
+        for j, mb in enumerate(micro):
+            try:
+                with self.autocast():
+                    out = self.ocr.loss(mb, aux_loss=self.cfg.aux_loss,
+                                        gradient_checkpointing=self.cfg.gradient_checkpointing)
+                if not bool(torch.isfinite(out.loss)):
+                    start = j * self.cfg.batch_size
+                    names = [_source(inp, indices[start + k]) for k, inp in enumerate(mb)]
+                    raise NonFiniteLossError(
+                        f"the loss is {float(out.loss)} at step {step + 1} (micro-batch {j + 1} of {len(micro)}), "
+                        f"samples: {', '.join(names)}. Nothing was saved for this step; the last good "
+                        f"checkpoint is {self.last_checkpoint or 'none'}. Lower lr, check these samples, or "
+                        "resume from the checkpoint.", step + 1, names)
+                objective = out.ce * (out.num_labels * self.world_size / total_labels)
+                if self.cfg.aux_loss:
+                    objective = objective + out.aux * (len(mb) * self.world_size / total_seqs)
+                objective.backward()
+            except torch.OutOfMemoryError:
+                raise self._oom(mb) from None
+            ce_sum += float(out.ce) * out.num_labels
+            aux_sum += float(out.aux) * len(mb)
+            tokens += out.num_tokens
+        max_norm = self.cfg.max_grad_norm if self.cfg.max_grad_norm > 0 else math.inf
+        grad_norm = float(torch.nn.utils.clip_grad_norm_(self.params, max_norm))
+        if not math.isfinite(grad_norm):
+            names = [_source(inp, i) for inp, i in zip((x for mb in micro for x in mb), indices)]
+            raise NonFiniteLossError(f"the gradient norm is {grad_norm} at step {step + 1}, samples: "
+                                     f"{', '.join(names)}; the last good checkpoint is {self.last_checkpoint or 'none'}",
+                                     step + 1, names)
+        lr = self.lr(step)
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr
+        self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        ce = ce_sum / max(sum(n_labels), 1)
+        aux = aux_sum / sum(len(mb) for mb in micro)
+        return {"step": step + 1, "loss": ce + aux if self.cfg.aux_loss else ce, "ce": ce, "aux": aux,
+                "lr": lr, "grad_norm": grad_norm, "tokens": tokens, "samples": len(indices)}
+
+    # --------------------------------------------------------------------------- checkpoints
+    def save(self) -> Path | None:
+        """Write a checkpoint of the current step (rank 0; once per step)."""
+        if self.rank != 0 or self._saved_step == self.state.step:
+            return self.last_checkpoint
+        self.last_checkpoint = save_checkpoint(self.output_dir, model=self.ocr.model, optimizer=self.optimizer,
+                                               state=self.state, lora=self.cfg.uses_lora,
+                                               keep=self.cfg.keep_checkpoints, base_model=self.cfg.model)
+        self._saved_step = self.state.step
+        return self.last_checkpoint
+
+    def run_eval(self, monitor: Monitor | None = None) -> dict | None:
+        if not self.eval_data or self.rank != 0:
+            return None
+        c = self.cfg
+        result = evaluate(self.ocr, self.eval_data, batch_size=c.eval_batch_size or c.batch_size,
+                          max_new_tokens=c.eval_max_new_tokens, autocast=self.autocast,
+                          predictions_path=self.output_dir / "eval" / f"step-{self.state.step:06d}.jsonl")
+        summary = result.to_dict()
+        if monitor is not None:
+            monitor.write({"step": self.state.step, "eval": summary})
+            monitor.note(f"step {self.state.step}: eval loss {summary['loss']:.4f}, cer {summary.get('cer', float('nan')):.4f}, "
+                         f"repetition {summary.get('repetition', 0)}")
+        return summary
+
+    # ----------------------------------------------------------------------------------- run
+    def _install_signals(self) -> dict:
+        if threading.current_thread() is not threading.main_thread():
+            return {}
+
+        def handler(signum, _frame):
+            if self._stop_signal is not None and signum == signal.SIGINT:
+                raise KeyboardInterrupt  # a second Ctrl-C: stop now, without a checkpoint
+            self._stop_signal = signum
+            logger.warning("signal %d: writing a checkpoint after this step, then stopping", signum)
+
+        return {s: signal.signal(s, handler) for s in (signal.SIGINT, signal.SIGTERM)}
+
+    def train(self) -> TrainResult:
+        """Run until `total_steps` (or a stop signal); see the module docstring for errors."""
+        c = self.cfg
+        self.output_dir.mkdir(parents=True, exist_ok=True)
+        monitor = Monitor(self.output_dir, total=self.total_steps, initial=self.state.step,
+                          enabled=self.rank == 0, progress=c.progress, tensorboard=c.tensorboard)
+        monitor.write({"event": "resume" if self._saved_step >= 0 else "start", "step": self.state.step,
+                       "total_steps": self.total_steps, "trainable": self.summary.trainable})
+        old_handlers = self._install_signals()
+        last_eval = None
+        window_start, window_tokens, window_samples = time.perf_counter(), 0, 0
+        try:
+            while self.state.step < self.total_steps:
+                if self._stop_signal is not None:
+                    break
+                t0 = time.perf_counter()
+                micro, indices, position = self._next_batches()
+                record = self._step(micro, indices)
+                self.state.step += 1
+                self.state.sampler = position
+                self.state.tokens_seen += record["tokens"]
+                self.state.samples_seen += record["samples"]
+                self.state.elapsed_s += time.perf_counter() - t0
+                window_tokens += record["tokens"]
+                window_samples += record["samples"]
+                short = {k: record[k] for k in ("step", "loss", "ce", "aux", "lr", "grad_norm")}
+                self.state.losses.append(short)
+                step = self.state.step
+                if step % c.log_every == 0 or step == self.total_steps:
+                    dt = max(time.perf_counter() - window_start, 1e-9)
+                    record.update(tokens_per_s=window_tokens / dt, samples_per_s=window_samples / dt,
+                                  epoch=position["epoch"])
+                    monitor.write(record)
+                    window_start, window_tokens, window_samples = time.perf_counter(), 0, 0
+                monitor.advance(1, record)
+                if self.on_step is not None:
+                    self.on_step(self, record)
+                if c.checkpoint_every and step % c.checkpoint_every == 0:
+                    self.save()
+                if c.eval_every and step % c.eval_every == 0 and step < self.total_steps:
+                    last_eval = self.run_eval(monitor)
+            interrupted = self._stop_signal is not None and self.state.step < self.total_steps
+            self.save()
+            result = TrainResult(self.state.step, list(self.state.losses), interrupted, self.last_checkpoint)
+            if interrupted:
+                monitor.write({"event": "interrupted", "step": self.state.step, "signal": self._stop_signal,
+                               "checkpoint": str(self.last_checkpoint)})
+                return result
+            result.eval = self.run_eval(monitor) or last_eval
+            self._export(result)
+            monitor.write({"event": "end", "step": self.state.step, "elapsed_s": self.state.elapsed_s})
+            return result
+        finally:
+            for s, h in old_handlers.items():
+                signal.signal(s, h)
+            monitor.close()
+
+    def _export(self, result: TrainResult) -> None:
+        """The final adapter (LoRA) and the model in the official layout (LoRA merged)."""
+        if self.rank != 0:
+            return
+        if self.cfg.uses_lora:
+            from .adapter import save_adapter
+            result.adapter_dir = save_adapter(self.ocr.model, self.output_dir / "adapter",
+                                              base_model_name_or_path=self.cfg.model)
+        if self.cfg.save_model:
+            if self.cfg.uses_lora:
+                merge_lora(self.ocr.model)  # the run is over: the merged weights are the result
+            result.model_dir = self.ocr.save_pretrained(self.output_dir / "model")
