@@ -122,3 +122,10 @@ if HAVE_TRITON:
             importlib.import_module(f"{__name__}.{_name}")
         except ImportError as exc:  # pragma: no cover - platform dependent
             logger.warning("kernel module %s unavailable (%s); using the reference path", _name, exc)
+
+# The differentiable grouped-GEMM expert path for training (plain torch, so it registers with or
+# without Triton). Imported here, after the inference kernels, because the seam tries
+# implementations in registration order: the Triton kernels keep first place for no-grad calls,
+# and this one (which declines unless autograd records) answers the calls they decline. Importing
+# it from the package that defines the seam is what makes it active wherever the model is used.
+importlib.import_module("deepseek_ocr.training.grouped_experts")
