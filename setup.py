@@ -11,20 +11,23 @@ setup(
     package_data={"deepseek_ocr": ["assets/tokenizer/*.json"]},
     install_requires=[
         "torch>=2.4",
-        "safetensors>=0.4",
         "tokenizers>=0.19",
-        "huggingface_hub>=0.23",
-        "pillow>=13",  # bit-exact pixel parity: older bicubic resampling gives other bf16 pixels
+        "huggingface_hub>=0.34",  # 0.34 brought the `hf` command our messages tell users to run
+        # Works from 10.4 (the image, input and post-processing tests pass with it); Pillow 13 is
+        # what the bit-exact pixel parity was recorded with (older resampling rounds a few bf16
+        # pixels of the resized views differently), so the test extra asks for it.
+        "pillow>=10.4",
         "numpy>=1.24",
         "pypdfium2>=4.30",  # PDF pages (Apache-2.0/BSD; PyMuPDF would be AGPL)
-        # Our GPU kernels. CUDA builds of torch bring their own triton; the CPU build does not,
-        # and the kernel tests run it there in interpreter mode.
-        "triton>=3.2; platform_system == 'Linux' and platform_machine == 'x86_64'",
+        "tqdm>=4.66",  # the command's progress display
     ],
     entry_points={"console_scripts": ["deepseek-ocr = deepseek_ocr.cli:main"]},
     extras_require={
         "test": [
             "pytest>=8",
+            "pillow>=13",  # the parity tests compare pixels bit for bit
+            "safetensors>=0.4",  # an independent reader to check our hand-written one against
+            "triton>=3.2; platform_system == 'Linux' and platform_machine == 'x86_64'",  # kernel tests
             "rapidfuzz>=3",  # the metric tests (deepseek_ocr.evaluation)
             "sacrebleu>=2",
             "pyarrow>=15",  # the Parquet reader's tests (deepseek_ocr.training.data)
@@ -32,6 +35,9 @@ setup(
         # Metrics (deepseek_ocr.evaluation): rapidfuzz's C++ Levenshtein for CER/WER/NED,
         # sacrebleu for BLEU.
         "eval": ["rapidfuzz>=3", "sacrebleu>=2"],
+        # Our GPU kernels. CUDA builds of torch bring their own triton, so only a CPU-only
+        # install lacks it; there it serves the kernel tests in interpreter mode only.
+        "kernels": ["triton>=3.2; platform_system == 'Linux' and platform_machine == 'x86_64'"],
         # Training data: pyarrow reads Parquet as Hugging Face datasets exports it.
         "train": ["pyarrow>=15"],
     },
