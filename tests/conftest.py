@@ -115,3 +115,24 @@ def _triton_on_cpu_in_kernel_tests(request):
     from deepseek_ocr.kernels import triton_on_cpu
     with triton_on_cpu():
         yield
+
+
+@pytest.fixture(scope="session")
+def encoded_views(small_model, shared_dir):
+    """`encode(image, mode) -> (vision_rows, taps)`, computed once per (image, mode) for the
+    whole session: the parity images are the expensive part of the suite, and the inference
+    and training parity tests share them. `image` is relative to the shared folder."""
+    cache: dict = {}
+
+    def encode(image: str, mode: str):
+        key = (image, mode)
+        if key not in cache:
+            inp = small_model.prepare(shared_dir / image, "<image>", mode=mode)
+            taps: dict = {}
+            dev = small_model.device
+            with torch.inference_mode():
+                tiles = tuple(inp.images_spatial_crop[0].tolist())
+                rows = small_model.model.vision(inp.global_view.to(dev), [inp.crops.to(dev)], [tiles], taps)[0]
+            cache[key] = (rows, taps)
+        return cache[key]
+    return encode
