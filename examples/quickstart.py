@@ -4,20 +4,23 @@
     python examples/quickstart.py --model deepseek-ai/DeepSeek-OCR --image scan.png
 
 Without --model, a random-weight checkpoint in the official layout (2 decoder layers, 4
-experts; the vision tower at full size) is written once to weights/random-demo: the output
-is gibberish, but every stage of the real pipeline runs. With the official weights the same
-command gives real OCR.
+experts; the vision tower at full size; 1.6 GB in bfloat16) is written once to
+~/.cache/deepseek_ocr/random-demo ($DEEPSEEK_OCR_CACHE/random-demo), the same copy that
+`deepseek-ocr --model random` uses: the output is gibberish, but every stage of the real
+pipeline runs. With the official weights the same command gives real OCR.
 """
 from __future__ import annotations
 
 import argparse
 import logging
+import sys
 import time
 from pathlib import Path
 
 from PIL import Image, ImageDraw
 
-from deepseek_ocr import DeepseekOCR, make_random_checkpoint
+from deepseek_ocr import DeepseekOCR
+from deepseek_ocr.cli import ensure_random_model
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -55,10 +58,7 @@ def main() -> None:
 
     model_path = args.model
     if model_path is None:
-        model_path = ROOT / "weights" / "random-demo"
-        if not (model_path / "config.json").is_file():
-            print(f"writing a random-weight checkpoint to {model_path} (once, ~1 GB) ...")
-            make_random_checkpoint(model_path, layers=2, experts=4, topk=2)
+        model_path = ensure_random_model(sys.stdout)  # built once, shared with `deepseek-ocr --model random`
     image = Path(args.image) if args.image else example_page(ROOT / "weights" / "example_page.png")
 
     t0 = time.perf_counter()
