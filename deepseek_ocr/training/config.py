@@ -54,7 +54,9 @@ class TrainConfig:
     What is trained:
         preset: decoder, paper, all, or lora (implied by `lora_r`).
         lora_r, lora_alpha (default r), lora_dropout, lora_targets (official names or
-        "all-linear"; default the attention and MLP projections, experts included), lora_rslora.
+        "all-linear"; default the attention and MLP projections, experts included), lora_rslora,
+        lora_modules_to_save (official module names trained in full and saved with the adapter,
+        PEFT's `modules_to_save`, e.g. ["model.norm"]).
 
     Optimization:
         lr (default 2e-4 for LoRA, 3e-5 otherwise), min_lr_ratio, weight_decay, betas, eps,
@@ -92,6 +94,7 @@ class TrainConfig:
     lora_dropout: float = 0.0
     lora_targets: list[str] | str | None = None
     lora_rslora: bool = False
+    lora_modules_to_save: list[str] | None = None
 
     lr: float | None = None
     min_lr_ratio: float = 0.0
@@ -132,6 +135,9 @@ class TrainConfig:
             self.betas = list(self.betas)
         if isinstance(self.lora_targets, tuple):
             self.lora_targets = list(self.lora_targets)
+        if isinstance(self.lora_modules_to_save, (str, tuple)):
+            self.lora_modules_to_save = ([self.lora_modules_to_save] if isinstance(self.lora_modules_to_save, str)
+                                         else list(self.lora_modules_to_save))
         problems = _type_problems(self) or _value_problems(self)
         if problems:
             raise TrainConfigError("invalid training configuration:", problems)
@@ -284,6 +290,9 @@ def _type_problems(c: TrainConfig) -> list[str]:
             p.append(f"{name} must be a path or a list of paths, got {v!r}")
     if not (isinstance(c.betas, list) and len(c.betas) == 2 and all(_is_num(b) for b in c.betas)):
         p.append(f"betas must be two numbers, got {c.betas!r}")
+    m = c.lora_modules_to_save
+    if not (m is None or (isinstance(m, list) and all(isinstance(x, str) for x in m))):
+        p.append(f"lora_modules_to_save must be a list of module names, got {m!r}")
     t = c.lora_targets
     if not (t is None or isinstance(t, str) or (isinstance(t, list) and t and all(isinstance(x, str) for x in t))):
         p.append(f"lora_targets must be a module name, a list of them, or 'all-linear'; got {t!r}")

@@ -182,6 +182,8 @@ class Trainer:
     def lora_config(self) -> LoraConfig:
         c = self.cfg
         kw = {} if c.lora_targets is None else {"target_modules": c.lora_targets}
+        if c.lora_modules_to_save:
+            kw["modules_to_save"] = tuple(c.lora_modules_to_save)
         return LoraConfig(r=c.lora_r, alpha=c.lora_alpha if c.lora_alpha is not None else c.lora_r,
                           dropout=c.lora_dropout, use_rslora=c.lora_rslora, **kw)
 
@@ -269,8 +271,8 @@ class Trainer:
                 objective.backward()
             except torch.OutOfMemoryError:
                 raise self._oom(mb) from None
-            ce_sum += float(out.ce) * out.num_labels
-            aux_sum += float(out.aux) * len(mb)
+            ce_sum += float(out.ce.detach()) * out.num_labels
+            aux_sum += float(out.aux.detach()) * len(mb)
             tokens += out.num_tokens
         max_norm = self.cfg.max_grad_norm if self.cfg.max_grad_norm > 0 else math.inf
         grad_norm = float(torch.nn.utils.clip_grad_norm_(self.params, max_norm))
@@ -362,12 +364,12 @@ class Trainer:
                     monitor.write(record)
                     window_start, window_tokens, window_samples = time.perf_counter(), 0, 0
                 monitor.advance(1, record)
-                if self.on_step is not None:
-                    self.on_step(self, record)
                 if c.checkpoint_every and step % c.checkpoint_every == 0:
                     self.save()
                 if c.eval_every and step % c.eval_every == 0 and step < self.total_steps:
                     last_eval = self.run_eval(monitor)
+                if self.on_step is not None:  # last: it sees the step's checkpoint and evaluation
+                    self.on_step(self, record)
             interrupted = self._stop_signal is not None and self.state.step < self.total_steps
             self.save()
             result = TrainResult(self.state.step, list(self.state.losses), interrupted, self.last_checkpoint)
