@@ -1,0 +1,255 @@
+"""A learning run from random weights: the official vision tower + a small decoder learn to read.
+
+    python benchmarks/learning_run.py --out runs/learning --minutes 10      # the H200 run (~11 min)
+    python benchmarks/learning_run.py --smoke --out /tmp/learning_smoke    # CPU, ~1 min
+
+Everything starts random (`make_random_checkpoint` with a narrow decoder: `--layers`, `--hidden`,
+`--experts`, ...; SAM, CLIP and the projector at their official sizes) and everything trains
+(preset `all`), in float32 master weights under bf16 autocast on CUDA, with the library's
+objective (`DeepseekOCR.loss`: cross entropy + the MoE balance loss) and AdamW (fused).
+
+Data: endless synthetic images, made in DataLoader workers: 2..`--max-words` random words (a
+`--words`-word vocabulary of single-token English words from the tokenizer) rendered in black on
+white with Pillow's bundled font, wrapped over up to 3 lines, with a small random offset; the
+target is the words separated by spaces; prompt "<image>\\nFree OCR.", mode `--mode` (tiny: one
+512 view, 73 image tokens). A held-out set of `--eval-samples` images (another seed, never
+trained on) is read with batched greedy `generate` every `--eval-every` steps and scored with
+`deepseek_ocr.evaluation.summarize` (CER over normalized text; 1.0 = nothing right).
+
+Writes into `--out`: log.json (config, every eval: step, train seconds, CER, WER, loss, samples;
+the loss curve), cer.png (CER and training loss against training minutes), and the last
+predictions. The time budget counts training steps only; evaluations are timed separately.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import random
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from synthetic_text import render_lines, smoke_checkpoint, word_list, wrap  # noqa: E402
+
+from deepseek_ocr import DeepseekOCR  # noqa: E402
+from deepseek_ocr.evaluation import summarize  # noqa: E402
+from deepseek_ocr.processing.prompt import build_inputs, with_answer  # noqa: E402
+from deepseek_ocr.processing.tokenizer import Tokenizer  # noqa: E402
+from deepseek_ocr.processing.views import make_views, resolve_mode  # noqa: E402
+from deepseek_ocr.training.optim import build_optimizer  # noqa: E402
+from deepseek_ocr.training.trainable import set_trainable  # noqa: E402
+from deepseek_ocr.weights.random import make_random_checkpoint  # noqa: E402
+
+PROMPT = "<image>\nFree OCR."
+
+
+class Lines:
+    """Makes (image, text) samples; the same seed gives the same samples on any machine."""
+
+    def __init__(self, tokenizer: Tokenizer, mode: str, words: int, max_words: int, canvas: int, font_size: int):
+        self.tokenizer, self.mode = tokenizer, resolve_mode(mode)
+        self.words = word_list(tokenizer, words)
+        self.max_words, self.canvas, self.font_size = max_words, canvas, font_size
+
+    def sample(self, rng: random.Random, answer: bool = True):
+        text = " ".join(rng.choice(self.words) for _ in range(rng.randint(2, self.max_words)))
+        lines = wrap(text, int(0.85 * self.canvas / (0.55 * self.font_size)))[:3]
+        text = " ".join(lines)  # the target is exactly what is drawn
+        img = render_lines(lines, size=(self.canvas, self.canvas), font_size=self.font_size, rng=rng,
+                           jitter=self.canvas // 16)
+        inputs = build_inputs(self.tokenizer, PROMPT, make_views(img, self.mode), self.mode)
+        return (with_answer(self.tokenizer, inputs, text) if answer else inputs), text
+
+
+class Stream(torch.utils.data.IterableDataset):
+    """Endless batches; each DataLoader worker draws from its own seed."""
+
+    def __init__(self, lines: Lines, batch: int, seed: int):
+        self.lines, self.batch, self.seed = lines, batch, seed
+
+    def __iter__(self):
+        info = torch.utils.data.get_worker_info()
+        rng = random.Random(self.seed * 1000 + (info.id if info else 0))
+        while True:
+            yield [self.lines.sample(rng)[0] for _ in range(self.batch)]
+
+
+def lr_at(step: int, frac: float, base: float, warmup: int) -> float:
+    """Linear warmup over `warmup` steps, then cosine to 10% over the time budget."""
+    if step < warmup:
+        return base * (step + 1) / warmup
+    return base * (0.1 + 0.45 * (1 + math.cos(math.pi * min(1.0, frac))))
+
+
+def evaluate(ocr, held, batch: int, max_new: int) -> dict:
+    ocr.model.eval()
+    # The fast generation loop keeps fused q/k/v copies from its first use; the weights changed
+    # since, so drop it and let generate build a fresh one from today's weights.
+    if hasattr(ocr, "_decode_engine"):
+        ocr._decode_engine = None
+    t = time.perf_counter()
+    records = []
+    for i in range(0, len(held), batch):
+        part = held[i:i + batch]
+        with torch.no_grad():
+            outs = ocr.generate([p for p, _ in part], max_new_tokens=max_new)
+        records += [{"prediction": o.text, "reference": ref, "finish_reason": o.finish_reason}
+                    for o, (_, ref) in zip(outs, part)]
+    ocr.model.train()
+    summary = summarize(records)
+    return {"cer": summary["cer"], "wer": summary["wer"], "repetition": summary.get("repetition"),
+            "eval_seconds": round(time.perf_counter() - t, 2), "examples": records[:8]}
+
+
+def plot(log: dict, path: Path) -> None:
+    try:
+        import matplotlib
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        print("matplotlib missing: no plot", flush=True)
+        return
+    ev = log["evals"]
+    fig, ax = plt.subplots(figsize=(7, 4))
+    ax.plot([e["train_seconds"] / 60 for e in ev], [e["cer"] for e in ev], "o-", label="held-out CER")
+    ax.set_xlabel("training minutes")
+    ax.set_ylabel("CER")
+    ax.set_ylim(0, max(1.05, max(e["cer"] for e in ev)))
+    ax.axhline(0.2, color="gray", ls=":", lw=1)
+    ax2 = ax.twinx()
+    ax2.plot([p[1] / 60 for p in log["loss_curve"]], [p[2] for p in log["loss_curve"]], color="tab:orange",
+             alpha=0.5, lw=1, label="train loss (ce)")
+    ax2.set_ylabel("cross entropy")
+    ax.set_title(f"DeepSeek-OCR from random weights: {log['config']['device']}")
+    fig.legend(loc="upper right")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--out", default="runs/learning")
+    ap.add_argument("--minutes", type=float, default=10.0)
+    ap.add_argument("--max-steps", type=int, default=None)
+    ap.add_argument("--mode", default="tiny")
+    ap.add_argument("--canvas", type=int, default=512, help="side of the rendered image")
+    ap.add_argument("--font-size", type=int, default=44)
+    ap.add_argument("--words", type=int, default=1000)
+    ap.add_argument("--max-words", type=int, default=5)
+    ap.add_argument("--batch", type=int, default=64)
+    ap.add_argument("--lr", type=float, default=3e-4)
+    ap.add_argument("--warmup", type=int, default=200)
+    ap.add_argument("--clip", type=float, default=1.0)
+    ap.add_argument("--eval-every", type=int, default=300)
+    ap.add_argument("--eval-samples", type=int, default=128)
+    ap.add_argument("--layers", type=int, default=4)
+    ap.add_argument("--hidden", type=int, default=512)
+    ap.add_argument("--heads", type=int, default=8)
+    ap.add_argument("--experts", type=int, default=16)
+    ap.add_argument("--topk", type=int, default=2)
+    ap.add_argument("--moe-inter", type=int, default=256)
+    ap.add_argument("--inter", type=int, default=1536)
+    ap.add_argument("--workers", type=int, default=min(12, os.cpu_count() or 1))
+    ap.add_argument("--gradient-checkpointing", action="store_true")
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--smoke", action="store_true", help="CPU: tiny views and decoder, a few steps")
+    a = ap.parse_args(argv)
+    if a.smoke:
+        a.mode, a.canvas, a.font_size, a.batch, a.eval_samples = "128:128", 128, 16, 2, 2
+        a.layers, a.hidden, a.heads, a.experts, a.moe_inter, a.inter = 2, 64, 2, 4, 32, 128
+        a.max_steps, a.eval_every, a.warmup, a.workers, a.max_words = 3, 2, 2, 1, 3
+    torch.manual_seed(a.seed)
+    device = torch.device("cuda" if torch.cuda.is_available() and not a.smoke else "cpu")
+    out = Path(a.out)
+    out.mkdir(parents=True, exist_ok=True)
+    work = tempfile.TemporaryDirectory()
+    sizes = dict(layers=a.layers, experts=a.experts, topk=a.topk, hidden_size=a.hidden, heads=a.heads,
+                 intermediate_size=a.inter, moe_intermediate_size=a.moe_inter)
+    if a.smoke:  # a 2-layer SAM and CLIP: the official tower's float32 AdamW needs ~7 GB
+        folder = smoke_checkpoint(Path(work.name) / "model", **sizes)
+    else:
+        folder = make_random_checkpoint(Path(work.name) / "model", dtype=torch.float32, seed=a.seed, **sizes)
+    # float32 master weights; bf16 compute comes from autocast on CUDA.
+    ocr = DeepseekOCR.from_pretrained(folder, device=device, dtype=torch.float32)
+    summary = set_trainable(ocr.model, "all")
+    print(summary, flush=True)
+    ocr.model.train()
+    lines = Lines(ocr.tokenizer, a.mode, a.words, a.max_words, a.canvas, a.font_size)
+    held_rng = random.Random(10**6 + a.seed)  # never a training worker's seed
+    held = [lines.sample(held_rng, answer=False) for _ in range(a.eval_samples)]
+    max_new = 2 * max(len(ocr.tokenizer.encode(t)) for _, t in held) + 8
+    loader = torch.utils.data.DataLoader(Stream(lines, a.batch, a.seed), batch_size=None, num_workers=a.workers,
+                                         prefetch_factor=4 if a.workers else None,
+                                         persistent_workers=bool(a.workers))
+    opt = build_optimizer(ocr.model, lr=a.lr, weight_decay=0.01)
+    params = [p for p in ocr.model.parameters() if p.requires_grad]
+    amp = torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else torch.autocast("cpu", enabled=False)
+    budget = a.minutes * 60
+    cfg = {k: v for k, v in vars(a).items()}
+    cfg.update(device=torch.cuda.get_device_name() if device.type == "cuda" else "cpu", torch=torch.__version__,
+               trainable=summary.trainable, image_tokens=int(held[0][0].images_seq_mask.sum()))
+    log = {"config": cfg, "evals": [], "loss_curve": []}
+    train_s, step, samples, t_wall = 0.0, 0, 0, time.perf_counter()
+
+    def run_eval():
+        res = evaluate(ocr, held, min(a.eval_samples, 64), max_new)
+        res.update(step=step, train_seconds=round(train_s, 1), samples=samples)
+        log["evals"].append(res)
+        print(f"step {step:6d}  {train_s / 60:5.2f} min  CER {res['cer']:.3f}  WER {res['wer']:.3f}  "
+              f"e.g. {res['examples'][0]['prediction'][:40]!r} <- {res['examples'][0]['reference'][:40]!r}", flush=True)
+        (out / "log.json").write_text(json.dumps(log, indent=1))
+
+    run_eval()
+    for batch in loader:
+        if train_s >= budget or (a.max_steps is not None and step >= a.max_steps):
+            break
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        t = time.perf_counter()
+        for g in opt.param_groups:
+            g["lr"] = lr_at(step, train_s / budget, a.lr, a.warmup)
+        with amp:
+            res = ocr.loss(batch, gradient_checkpointing=a.gradient_checkpointing)
+        res.loss.backward()
+        gnorm = torch.nn.utils.clip_grad_norm_(params, a.clip)
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+        ce = float(res.ce.detach())
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        train_s += time.perf_counter() - t
+        step += 1
+        samples += len(batch)
+        if not math.isfinite(ce):
+            print(f"non-finite loss at step {step}; stopping", flush=True)
+            break
+        if step % 10 == 0 or a.smoke:
+            log["loss_curve"].append([step, round(train_s, 2), round(ce, 4), round(float(gnorm), 3)])
+        if step % 50 == 0:
+            print(f"step {step:6d}  {train_s / 60:5.2f} min  ce {ce:.3f}  |g| {float(gnorm):.2f}  "
+                  f"{samples / max(train_s, 1e-9):.0f} samples/s", flush=True)
+        if step % a.eval_every == 0:
+            run_eval()
+    if not log["evals"] or log["evals"][-1]["step"] != step:
+        run_eval()
+    log["wall_seconds"] = round(time.perf_counter() - t_wall, 1)
+    log["final_cer"] = log["evals"][-1]["cer"]
+    log["samples_per_s"] = round(samples / max(train_s, 1e-9), 1)
+    (out / "log.json").write_text(json.dumps(log, indent=1))
+    plot(log, out / "cer.png")
+    print(f"done: {step} steps, {samples} samples in {train_s / 60:.1f} training minutes "
+          f"({log['wall_seconds'] / 60:.1f} wall); held-out CER {log['evals'][0]['cer']:.3f} -> {log['final_cer']:.3f}",
+          flush=True)
+    work.cleanup()
+    return log
+
+
+if __name__ == "__main__":
+    main()
