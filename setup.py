@@ -40,5 +40,9 @@ setup(
         "kernels": ["triton>=3.2; platform_system == 'Linux' and platform_machine == 'x86_64'"],
         # Training data: pyarrow reads Parquet as Hugging Face datasets exports it.
         "train": ["pyarrow>=15"],
+        # The learning run's plot (benchmarks/learning_run.py).
+        "bench": ["matplotlib>=3.5"],
+        # Optional for `deepseek-ocr train`: TensorBoard event files beside log.jsonl.
+        "tensorboard": ["tensorboard>=2.14"],
     },
 )

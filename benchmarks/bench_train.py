@@ -16,9 +16,10 @@ Modes:
          master weights. `--weights bf16` runs either mode with bf16 weights (and bf16 AdamW
          states for paper), `--weights all` both.
 Every step runs under bf16 autocast on CUDA (none on CPU; --smoke: float32, a 2-layer SAM and
-CLIP). Tokens = every sequence token of the batch (image, prompt, answer, BOS/EOS; padding excluded); samples are prepared once, outside
-the timing (the trainer prepares them in DataLoader workers). s/step is the median of `--steps`
-CUDA-synchronized steps after `--warmup` untimed ones; peak memory is
+CLIP). Tokens = every sequence token of the batch (image, prompt, answer, BOS/EOS; padding
+excluded); samples are prepared once, outside the timing (the trainer prepares them in
+DataLoader workers). s/step is the median of `--steps` CUDA-synchronized steps after `--warmup`
+untimed ones; peak memory is
 `torch.cuda.max_memory_allocated` from just after loading (weights, optimizer states and
 activations). The routed experts go through training/grouped_experts.py (torch._grouped_mm);
 before timing, `--check` compares its loss and gradients with the reference loop on one batch.
@@ -52,7 +53,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from synthetic_text import answer_of_tokens, line_image, page_image, smoke_checkpoint, word_list  # noqa: E402
 
 from deepseek_ocr import DeepseekOCR, kernels  # noqa: E402
-from deepseek_ocr.processing.views import Mode  # noqa: E402
+from deepseek_ocr.processing.prompt import build_inputs, with_answer  # noqa: E402
+from deepseek_ocr.processing.tokenizer import Tokenizer  # noqa: E402
+from deepseek_ocr.processing.views import Mode, make_views, resolve_mode  # noqa: E402
 from deepseek_ocr.training.lora import LoraConfig, apply_lora  # noqa: E402
 from deepseek_ocr.training.optim import build_optimizer  # noqa: E402
 from deepseek_ocr.training.trainable import set_trainable  # noqa: E402
@@ -79,17 +82,19 @@ def workloads(smoke: bool) -> dict[str, dict]:
             "lines-mixed-ideal": dict(line, answers=[sum(MIXED) // len(MIXED)] * len(MIXED))}
 
 
-def make_batch(ocr, spec: dict, seed: int) -> list:
+def make_batch(tokenizer: Tokenizer, spec: dict, seed: int) -> list:
+    """The workload's samples, made as `DeepseekOCR.prepare` makes them (without loading a model)."""
     rng = random.Random(seed)
-    words = word_list(ocr.tokenizer)
+    words = word_list(tokenizer)
+    mode = resolve_mode(spec["mode"])
     batch = []
     for n in spec["answers"]:
-        answer = answer_of_tokens(ocr.tokenizer, rng, words, n)
+        answer = answer_of_tokens(tokenizer, rng, words, n)
         if spec["image"] == "line":
             img = line_image(answer)
         else:  # the page shows text; its transcription length is what the workload fixes
-            img = page_image(answer_of_tokens(ocr.tokenizer, rng, words, 1000))
-        batch.append(ocr.prepare(img, PROMPT, mode=spec["mode"], answer=answer))
+            img = page_image(answer_of_tokens(tokenizer, rng, words, 1000))
+        batch.append(with_answer(tokenizer, build_inputs(tokenizer, PROMPT, make_views(img, mode), mode), answer))
     return batch
 
 
@@ -228,9 +233,8 @@ def main(argv=None):
     if args.packing:
         names += ["lines-mixed", "lines-mixed-ideal"]
     modes = ["lora", "paper"] if args.mode == "all" else [args.mode]
-    probe_ocr = DeepseekOCR.from_pretrained(folder, device="cpu", dtype=torch.float32)  # tokenizer + prepare
-    batches = {n: make_batch(probe_ocr, specs[n], seed=i) for i, n in enumerate(names)}
-    del probe_ocr
+    tokenizer = Tokenizer.from_folder(folder)
+    batches = {n: make_batch(tokenizer, specs[n], seed=i) for i, n in enumerate(names)}
     report = {"device": torch.cuda.get_device_name() if device.type == "cuda" else "cpu",
               "torch": torch.__version__, "grouped_mm": hasattr(torch, "_grouped_mm"), "results": []}
     if args.check:
@@ -248,6 +252,10 @@ def main(argv=None):
                     row.update(run_config(ocr, batches[name], device, args))
                 except torch.cuda.OutOfMemoryError as exc:
                     row["error"] = f"out of memory: {exc}".splitlines()[0]
+                except Exception as exc:  # noqa: BLE001 - an optional torch.compile may fail to trace
+                    if not args.compile:
+                        raise
+                    row["error"] = f"compile failed: {type(exc).__name__}: {exc}".splitlines()[0][:300]
                 anchor = ANCHORS.get((name, mode))
                 if anchor and "tokens_per_s" in row:
                     row["official_tokens_per_s"], row["official_peak_gib"] = anchor
