@@ -10,8 +10,10 @@ the ~20 s rebuild.
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import time
 from pathlib import Path
 
 import pypdfium2 as pdfium
@@ -21,7 +23,7 @@ from PIL import Image, ImageDraw
 
 from deepseek_ocr import DeepseekOCR, GenerationResult, make_random_checkpoint
 from deepseek_ocr.inputs import expand_inputs, iter_pages
-from deepseek_ocr.pipeline import ProgressReporter, run_pages, shard
+from deepseek_ocr.pipeline import ProgressReporter, run_job, run_pages, shard
 from deepseek_ocr.pipeline.runner import OutOfMemoryError
 from deepseek_ocr.postprocess import combine_pages, render_page
 from deepseek_ocr.processing.views import Mode
@@ -29,7 +31,7 @@ from deepseek_ocr.processing.views import Mode
 FAST = Mode(128, 128, False, name="fast")  # 2x2 vision tokens: the cheapest mode the model takes
 GEN = {"max_new_tokens": 4}
 
-_CKPT: dict[str, object] = {}  # one checkpoint and one loaded model per session, for both test files
+_CKPT: dict[str, Path] = {}  # one checkpoint folder per session, for both test files
 
 
 def checkpoint_folder(tmp_path_factory) -> Path:
@@ -50,16 +52,17 @@ def ckpt(tmp_path_factory) -> Path:
     return checkpoint_folder(tmp_path_factory)
 
 
-def loaded_model(tmp_path_factory) -> DeepseekOCR:
-    if "model" not in _CKPT:
-        _CKPT["model"] = DeepseekOCR.from_pretrained(checkpoint_folder(tmp_path_factory), device="cpu",
-                                                     dtype=torch.float32)
-    return _CKPT["model"]
+def load_model(folder: Path) -> DeepseekOCR:
+    return DeepseekOCR.from_pretrained(folder, device="cpu", dtype=torch.float32)
 
 
-@pytest.fixture(scope="session")
-def ocr(tmp_path_factory) -> DeepseekOCR:
-    return loaded_model(tmp_path_factory)
+@pytest.fixture(scope="module")
+def ocr(ckpt) -> DeepseekOCR:
+    """The model, for this module only: about 3 GB in float32, so it must not outlive the
+    module (a session-wide copy stayed resident while every later test file ran)."""
+    model = load_model(ckpt)
+    yield model
+    del model
 
 
 # ------------------------------------------------------------------------------ inputs
@@ -343,33 +346,162 @@ class _Stream:
         pass
 
 
-def test_progress_reporter_lines():
+def test_progress_into_a_file_counts_only_finished_pages_and_ticks_on_time():
     now = [0.0]
     plain = _Stream(False)
-    rep = ProgressReporter(4, stream=plain, interval=10.0, clock=lambda: now[0])
+    rep = ProgressReporter(4, stream=plain, interval=10.0, clock=lambda: now[0], ticker=False)
     now[0] = 2.0
-    rep.update(status="ok", tokens=30)  # first update draws
+    rep.update(status="failed")  # within the interval of the first line: no line
     now[0] = 4.0
-    rep.update(status="skipped")  # within the interval: no line
-    now[0] = 5.0
-    rep.update(status="failed")
-    now[0] = 8.0
+    rep.update(status="skipped")
+    with rep.batch(2):
+        now[0] = 9.0
+        for _ in range(7):
+            rep.step()
+        now[0] = 12.0
+        rep.tick()  # no page event for 8 s: the timer still draws, showing the batch
+    now[0] = 14.0
+    rep.update(status="ok", tokens=30)
+    now[0] = 20.0
     rep.update(status="ok", tokens=10)  # the last page always draws
     rep.close()
     lines = plain.text.splitlines()
-    assert len(lines) == 2 and "\r" not in plain.text
-    assert lines[0].startswith("pages 1/4 (25%)  0.50 pages/s  15.0 tok/s")
-    # 3 pages cost model time in 8 s (the skipped one does not); 40 tokens / 8 s.
-    assert lines[1].startswith("pages 4/4 (100%)  0.38 pages/s  5.0 tok/s")
-    assert "ETA 00:00" in lines[1] and "failed 1" in lines[1] and "skipped 1" in lines[1]
+    assert "\r" not in plain.text and len(lines) == 3, lines
+    assert lines[0].startswith("pages 0/4 (0%), 0.00 pages/s")
+    # At 12 s: 2 pages done but none finished by the model, so no rate and no ETA (the old
+    # display gave the failed page's speed); the running batch shows its 7 steps and 8 s.
+    assert lines[1].startswith("pages 2/4 (50%), 0.00 pages/s  0.0 tok/s  elapsed 00:12  ETA --:--")
+    assert "failed 1" in lines[1] and "skipped 1" in lines[1] and "batch of 2: step 7, 00:08" in lines[1]
+    # At 20 s: 2 finished pages / 20 s = 0.10 pages/s, 40 tokens / 20 s.
+    assert lines[2].startswith("pages 4/4 (100%), 0.10 pages/s  2.0 tok/s  elapsed 00:20  ETA 00:00")
+    assert "batch" not in lines[2]
 
+
+def test_progress_on_a_terminal_redraws_one_line_with_moving_time():
+    now = [0.0]
     tty = _Stream(True)
-    now[0] = 0.0
-    rep = ProgressReporter(10, stream=tty, clock=lambda: now[0])
+    rep = ProgressReporter(10, stream=tty, clock=lambda: now[0], ticker=False)
     now[0] = 10.0
     rep.update(status="ok")
     now[0] = 20.0
     rep.update(status="ok")
+    now[0] = 25.0
+    rep.tick()  # between pages the elapsed time still moves
     rep.close()
-    assert tty.text.count("\r") == 2 and tty.text.endswith("\n") and tty.text.count("\n") == 1
-    assert "ETA 01:20" in tty.text  # 8 pages left at 0.1 pages/s
+    assert tty.text.endswith("\n") and tty.text.count("\n") == 1
+    assert "elapsed 00:25" in tty.text and "2/10" in tty.text
+    assert "ETA 01:40" in tty.text  # 8 pages left at 2 pages / 25 s
+
+
+def test_progress_timer_thread_draws_without_events():
+    plain = _Stream(False)
+    rep = ProgressReporter(3, stream=plain, interval=0.05)
+    first = plain.text.count("\n")
+    deadline = time.monotonic() + 5
+    while plain.text.count("\n") < first + 2 and time.monotonic() < deadline:
+        time.sleep(0.02)
+    rep.close()
+    assert plain.text.count("\n") >= first + 2  # lines with no page event in between
+
+
+def test_batch_watch_sees_decode_steps(ocr, tmp_path):
+    make_image(tmp_path / "a.png", (90, 70))
+    make_image(tmp_path / "b.png", (70, 90))
+
+    class Watch:
+        def __init__(self):
+            self.batches, self.steps = [], 0
+
+        @contextlib.contextmanager
+        def batch(self, pages):
+            self.batches.append(pages)
+            yield
+
+        def step(self):
+            self.steps += 1
+
+    watch = Watch()
+    outcomes = list(run_pages(ocr, pages_of(tmp_path / "a.png", tmp_path / "b.png"), mode=FAST, batch_size=2,
+                              workers=0, watch=watch, max_new_tokens=5))
+    assert watch.batches == [2] and all(len(o.result.token_ids) == 5 for o in outcomes)
+    # One decoder forward for the prompt, then one per token after the first (each forward
+    # gives the logits of the next token): 5 tokens, 5 forwards, seen while the batch ran.
+    assert watch.steps == 5
+
+
+def test_resume_redoes_pages_made_with_other_settings(ocr, tmp_path, monkeypatch):
+    src = tmp_path / "in"
+    src.mkdir()
+    make_image(src / "a.png", (80, 60))
+    make_pdf(src / "d.pdf", [(100, 100)])
+    calls = []
+
+    def generate(batch, **kw):
+        calls.append(len(batch))
+        return [fake_result(inp, "text") for inp in batch]
+
+    monkeypatch.setattr(ocr, "generate", generate)
+    out = tmp_path / "out"
+
+    def run(**kw):
+        calls.clear()
+        args = {"mode": FAST, "prompt": "<image>\nFree OCR.", "batch_size": 4, "workers": 0,
+                "out_dir": out, **kw}
+        return [(o.status, o.redone) for o in run_pages(ocr, pages_of(src), **args)]
+
+    assert run() == [("ok", None)] * 2
+    assert run() == [("skipped", None)] * 2 and calls == []
+    for change, key in [({"mode": Mode(128, 128, True, name="fast-crop")}, "mode"),
+                        ({"prompt": "<image>\nOCR."}, "prompt"),
+                        ({"max_new_tokens": 7}, "generation"),
+                        ({"page_settings": lambda p: {"dpi": 200} if p.document.kind == "pdf" else {}}, "dpi")]:
+        first = run(**change)
+        assert [s for s, _ in first] == ["ok", "ok"] if key != "dpi" else ["skipped", "ok"], (key, first)
+        assert all(r.startswith(f"{key} was ") for s, r in first if s == "ok"), first
+        assert run(**change) == [("skipped", None)] * 2  # redone with the new settings, now reused
+        run()  # back to the plain settings (redone again) for the next change
+    # Another model folder (the same weights through a link) and a changed source file.
+    (tmp_path / "link").symlink_to(ocr.folder, target_is_directory=True)
+    monkeypatch.setattr(ocr, "folder", tmp_path / "link")
+    assert [s for s, _ in run()] == ["ok", "ok"]
+    monkeypatch.undo()
+    monkeypatch.setattr(ocr, "generate", generate)
+    run()
+    os.utime(src / "a.png", ns=(1, 1))
+    result = run()
+    assert result[0][0] == "ok" and "source was" in result[0][1] and result[1] == ("skipped", None)
+    assert run(resume=False) == [("ok", None)] * 2
+
+
+def test_outputs_honour_the_umask(ocr, tmp_path, monkeypatch):
+    make_image(tmp_path / "a.png", (60, 60))
+    monkeypatch.setattr(ocr, "generate", lambda batch, **kw: [fake_result(i, "x") for i in batch])
+    old = os.umask(0o027)
+    try:
+        list(run_pages(ocr, pages_of(tmp_path / "a.png"), mode=FAST, out_dir=tmp_path / "out"))
+    finally:
+        os.umask(old)
+    files = [p for p in (tmp_path / "out").rglob("*") if p.is_file()]
+    assert len(files) == 5 and {oct(p.stat().st_mode & 0o777) for p in files} == {oct(0o640)}
+
+
+def test_a_second_range_keeps_the_earlier_pages(ocr, tmp_path, monkeypatch):
+    make_pdf(tmp_path / "doc.pdf", [(100, 100)] * 4)
+    monkeypatch.setattr(ocr, "generate", lambda batch, **kw: [
+        fake_result(i, f"page of {i.original_size}") for i in batch])
+    out = tmp_path / "out"
+    doc = expand_inputs([str(tmp_path / "doc.pdf")])[0]
+
+    def job(spec):
+        pages = iter_pages(doc, pages=spec, dpi=72)
+        return run_job(ocr, pages, out_dir=out, progress=False, mode=FAST, workers=0)
+
+    job("1-2")
+    second = job("4")
+    md = [(out / "doc" / f"page-000{i}.md").read_text(encoding="utf-8") for i in (1, 2, 4)]
+    assert (out / "doc" / "doc.md").read_text(encoding="utf-8") == combine_pages(md)
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary == second.summary
+    assert [(e["page"], e["status"], e.get("earlier", False)) for e in summary["pages"]] == [
+        (1, "ok", True), (2, "ok", True), (4, "ok", False)]
+    assert summary["totals"]["pages"] == 1 and summary["totals"]["earlier"] == 2

@@ -11,6 +11,8 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -18,7 +20,9 @@ import pytest
 from deepseek_ocr.errors import DeepseekOCRError, TokenizerError
 from deepseek_ocr.processing.tokenizer import Tokenizer
 
-TOKENIZER_DIR = Path(__file__).resolve().parents[1].parent / "shared" / "tokenizer"
+from conftest import SHARED  # honours DEEPSEEK_OCR_SHARED, as every shared-data test does
+
+TOKENIZER_DIR = SHARED / "tokenizer"
 
 # text -> ids, from shared/parity/README.md ("Tokenizer" section).
 REFERENCE = [
@@ -46,7 +50,7 @@ def _tokenizer_dir() -> Path:
         reason = f"tokenizer files not found at {TOKENIZER_DIR}"
         if os.environ.get("CI"):
             pytest.fail(f"{reason}; in CI they must be present")
-        pytest.skip(f"{reason} (the shared/ folder beside the repository is absent)")
+        pytest.skip(f"{reason} (set DEEPSEEK_OCR_SHARED to the shared folder)")
     return TOKENIZER_DIR
 
 
@@ -192,3 +196,13 @@ def test_malformed_special_tokens_map(copied: Path) -> None:
     (copied / "special_tokens_map.json").write_text("not json", encoding="utf-8")
     with pytest.raises(TokenizerError, match="special_tokens_map.json"):
         Tokenizer.from_folder(copied)
+
+
+def test_the_shared_folder_setting_is_honoured(tmp_path):
+    """DEEPSEEK_OCR_SHARED moves the tokenizer files too (they were read from ../shared only)."""
+    code = "import test_tokenizer; print(test_tokenizer.TOKENIZER_DIR)"
+    env = dict(os.environ, DEEPSEEK_OCR_SHARED=str(tmp_path))
+    proc = subprocess.run([sys.executable, "-c", code], cwd=Path(__file__).parent, env=env,
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip() == str(tmp_path / "tokenizer")

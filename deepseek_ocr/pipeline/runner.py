@@ -40,7 +40,7 @@ from typing import Callable, Iterable, Iterator, Sequence
 import torch
 
 from ..errors import DeepseekOCRError, PromptError
-from ..generation.generate import GenerationResult, _options
+from ..generation.generate import GenerationResult, generate
 from ..inputs import PageRef
 from ..ocr import DEFAULT_PROMPT
 from ..postprocess import PageRender, render_page
@@ -432,7 +432,9 @@ def run_pages(ocr, pages: Iterable[PageRef], *, prompt: str = DEFAULT_PROMPT, mo
         raise ValueError(f"workers must be a non-negative integer, got {workers!r}")
     if "<image>" not in prompt:
         raise PromptError(f"the prompt must contain <image>: {prompt!r}")
-    _options(gen_kwargs)  # unknown generation arguments fail now, not after the first page
+    # Unknown generation arguments fail now, not after the first page: `generate` checks its
+    # arguments before it looks at the (here empty) batch or the model.
+    generate(ocr, [], **gen_kwargs)
     runner = _Runner(ocr, prompt=prompt, mode=resolve_mode(mode), batch_size=batch_size,
                      workers=workers, out_dir=Path(out_dir) if out_dir is not None else None,
                      resume=resume, on_page=on_page, write_documents=write_documents,
