@@ -1,6 +1,8 @@
 """The `deepseek-ocr` command: in-process, as `python -m deepseek_ocr`, and under torchrun (CPU, gloo).
 
-Uses the 2-layer random checkpoint of test_pipeline.py (one build per session).
+Uses the 2-layer random checkpoint of test_pipeline.py (one build per session). What is the
+process's own behaviour (exit codes, messages, file modes, what gets imported) is tested on a
+subprocess.
 """
 from __future__ import annotations
 
@@ -8,16 +10,18 @@ import json
 import os
 import subprocess
 import sys
+import zlib
 from pathlib import Path
 
 import pytest
 
 from deepseek_ocr import DeepseekOCR
-from deepseek_ocr.cli import PROMPTS, main, parse_mode, resolve_prompt
+from deepseek_ocr.cli import DEFAULT_REPO, PROMPTS, main, parse_mode, resolve_prompt
 from deepseek_ocr.postprocess import combine_pages
-from deepseek_ocr.processing.views import Mode
+from deepseek_ocr.processing.views import MODES, Mode
+from deepseek_ocr.weights import loading
 
-from test_pipeline import (checkpoint_folder, fake_result, list_tree, loaded_model, make_image, make_pdf,
+from test_pipeline import (checkpoint_folder, fake_result, list_tree, load_model, make_image, make_pdf,
                            truncated_png)
 
 REPO = Path(__file__).resolve().parent.parent
@@ -29,14 +33,24 @@ def ckpt(tmp_path_factory) -> Path:
     return checkpoint_folder(tmp_path_factory)
 
 
+@pytest.fixture(scope="module")
+def model(ckpt):
+    """The model of this module's in-process runs (released after the module)."""
+    loaded = load_model(ckpt)
+    yield loaded
+    del loaded
+
+
 @pytest.fixture
-def reuse_model(tmp_path_factory, monkeypatch):
-    """In-process runs take the session's loaded model instead of loading it again (loading is
-    covered by the subprocess tests); records the folders `main` asked for."""
-    model, asked = loaded_model(tmp_path_factory), []
+def reuse_model(model, monkeypatch):
+    """In-process runs take the module's loaded model instead of loading it again (loading is
+    covered by the subprocess tests); records the folders `main` asked for. The model says it
+    came from the folder asked for, as a real load would."""
+    asked = []
 
     def from_pretrained(path, **kwargs):
         asked.append(str(path))
+        monkeypatch.setattr(model, "folder", Path(path))
         return model
 
     monkeypatch.setattr(DeepseekOCR, "from_pretrained", staticmethod(from_pretrained))
@@ -63,7 +77,7 @@ def test_prompt_presets_and_modes():
     assert resolve_prompt("locate:the total") == "<image>\nLocate <|ref|>the total<|/ref|> in the image."
     assert resolve_prompt(r"<image>\nRead it.") == "<image>\nRead it."
     assert set(PROMPTS) == {"markdown", "ocr", "free", "figure", "describe"}
-    assert parse_mode("Gundam") == "gundam"
+    assert parse_mode("Gundam") == MODES["gundam"]
     assert parse_mode("1024:640:crop") == Mode(1024, 640, True, name="1024:640:crop")
     assert parse_mode("512:512") == Mode(512, 512, False, name="512:512")
 
@@ -125,16 +139,16 @@ def test_cli_end_to_end_in_process(ckpt, reuse_model, tmp_path, capsys):
     assert main([str(src / "c.pdf"), str(src / "a.png"), "--model", str(ckpt), "--out", str(out),
                  "--pages", "2", "--no-resume", "--quiet", "--json", *FAST]) == 0
     third = json.loads(capsys.readouterr().out)
-    assert [(e["document"], e["page"], e["status"]) for e in third["pages"]] == [("c", 2, "ok"), ("a", 1, "ok")]
+    assert [(e["document"], e["page"], e["status"]) for e in third["pages"] if not e.get("earlier")] == [
+        ("c", 2, "ok"), ("a", 1, "ok")]
     assert reuse_model == [str(ckpt)] * 3
 
 
-def test_ctrl_c_exits_130_and_the_rerun_finishes(reuse_model, tmp_path_factory, tmp_path, capsys, monkeypatch):
+def test_ctrl_c_exits_130_and_the_rerun_finishes(reuse_model, model, tmp_path, capsys, monkeypatch):
     src = tmp_path / "in"
     src.mkdir()
     for i in range(3):
         make_image(src / f"p{i}.png", (70 + i, 60))
-    model = loaded_model(tmp_path_factory)
     calls = []
 
     def interrupted_on_second_batch(batch, **kw):
@@ -180,9 +194,15 @@ def test_missing_weights_message(tmp_path):
                            "--out", str(tmp_path / "out")],
                           env=env, cwd=tmp_path, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 2, proc.stderr
-    assert "huggingface-cli download deepseek-ai/DeepSeek-OCR" in proc.stderr
+    # huggingface_hub >= 0.34 ships `hf`; `huggingface-cli` is gone from current releases.
+    assert proc.stderr.count("hf download deepseek-ai/DeepSeek-OCR") == 1, proc.stderr
+    assert "huggingface-cli" not in proc.stderr
     assert "--model DIR" in proc.stderr and "--model random" in proc.stderr
     assert "Traceback" not in proc.stderr
+
+
+def test_the_command_names_the_library_default_repo():
+    assert DEFAULT_REPO == loading.DEFAULT_REPO
 
 
 def test_python_dash_m_subprocess(ckpt, tmp_path):
@@ -221,3 +241,145 @@ def test_torchrun_two_ranks_share_the_pages(ckpt, tmp_path):
     pages_md = [(out / "doc" / f"page-000{i}.md").read_text(encoding="utf-8") for i in (1, 2, 3)]
     assert (out / "doc" / "doc.md").read_text(encoding="utf-8") == combine_pages(pages_md)
     assert (out / "a" / "a.md").is_file()
+
+
+# ------------------------------------------------------------- issue 12: checks before loading
+def run_cli(args: list[str], cwd: Path, umask: int | None = None, **env) -> subprocess.CompletedProcess:
+    """`python -m deepseek_ocr ARGS` in a fresh process (its own exit code, streams, umask)."""
+    return subprocess.run([sys.executable, "-m", "deepseek_ocr", *map(str, args)], env=env_for_subprocess(**env),
+                          cwd=cwd, capture_output=True, text=True, timeout=300,
+                          preexec_fn=(lambda: os.umask(umask)) if umask is not None else None)
+
+
+STARTUP = """
+import sys
+from deepseek_ocr.cli import main
+try:
+    main(["--help"])
+except SystemExit:
+    pass
+codes = [main(argv) for argv in ({cases})]
+print(codes, "torch" in sys.modules)
+"""
+
+
+def test_help_and_argument_errors_do_not_import_torch(tmp_path):
+    (tmp_path / "file.txt").write_text("not a folder")
+    make_image(tmp_path / "p.png", (64, 64))
+    cases = [["p.png", "--mode", "bogus"], ["p.png", "--pages", "3-1"], ["p.png", "--prompt", "no tag"],
+             ["p.png", "--out", "file.txt"], ["p.png", "--batch-size", "0"], ["missing.png"],
+             ["p.png", "--dtype", "int8"]]
+    proc = subprocess.run([sys.executable, "-c", STARTUP.format(cases=repr(cases))], env=env_for_subprocess(),
+                          cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip().splitlines()[-1] == f"{[2] * len(cases)} False"  # exit 2, torch never imported
+    assert "usage: deepseek-ocr" in proc.stdout
+    assert not (tmp_path / "ocr-output").exists()  # a usage error leaves no output folder behind
+
+
+@pytest.mark.parametrize("out, message", [("file.txt", "exists and is not a folder"),
+                                          ("file.txt/sub", "cannot create the folder")])
+def test_bad_out_is_a_usage_error_before_anything_loads(tmp_path, out, message):
+    # (A read-only folder takes the same path, a failed probe write, but cannot be made here:
+    # the tests run as root, whom permission bits do not stop.)
+    (tmp_path / "file.txt").write_text("not a folder")
+    make_image(tmp_path / "p.png", (64, 64))
+    # A model folder that does not exist: had it been loaded first, the error would be about it.
+    proc = run_cli(["p.png", "--model", tmp_path / "no-model", "--out", out], cwd=tmp_path)
+    assert proc.returncode == 2, proc.stderr
+    lines = proc.stderr.splitlines()
+    assert len(lines) == 1 and lines[0].startswith(f"error: --out {out}: {message}"), proc.stderr
+
+
+@pytest.mark.skipif(__import__("torch").cuda.is_available(), reason="needs a machine without CUDA")
+def test_device_cuda_without_cuda_is_a_usage_error(ckpt, tmp_path):
+    make_image(tmp_path / "p.png", (64, 64))
+    proc = run_cli(["p.png", "--model", ckpt, "--device", "cuda", "--out", "out"], cwd=tmp_path)
+    assert proc.returncode == 2, proc.stderr
+    assert "CUDA is not available" in proc.stderr and "Traceback" not in proc.stderr
+    assert not (tmp_path / "out").exists()
+
+
+def test_run_with_a_missing_path_a_range_past_the_end_and_umask_022(ckpt, tmp_path):
+    make_image(tmp_path / "a.png", (90, 70))
+    make_pdf(tmp_path / "doc.pdf", [(100, 100), (110, 90), (90, 110)])
+    proc = run_cli(["a.png", "nothere.png", "doc.pdf", "--model", ckpt, "--out", "out", "--pages", "2-9",
+                    "--json", *FAST], cwd=tmp_path, umask=0o022)
+    assert proc.returncode == 1, proc.stderr  # the missing path; the other inputs all done
+    assert "error: nothere.png: no such file or folder" in proc.stderr
+    assert "note: doc.pdf has 3 page(s): --pages 2-9 reaches past its end; doing 2-3" in proc.stderr
+    summary = json.loads(proc.stdout)
+    assert [(e["document"], e["page"], e["status"]) for e in summary["pages"]] == [
+        ("a", 1, "ok"), ("doc", 2, "ok"), ("doc", 3, "ok")]
+    assert summary["missing_inputs"] == ["nothere.png: no such file or folder"]
+    files = [p for p in (tmp_path / "out").rglob("*") if p.is_file()]
+    assert len(files) == 1 + 5 + 2 * 4 + 1  # summary; a's 4 files + a.md; doc's 2x4 + doc.md
+    assert {oct(p.stat().st_mode & 0o777) for p in files} == {oct(0o644)}  # not mkstemp's 0600
+
+
+@pytest.mark.parametrize("spec", ["5-", "99-", "4,7"])
+def test_a_range_past_the_end_of_every_input_is_a_usage_error(reuse_model, tmp_path, capsys, spec):
+    make_pdf(tmp_path / "doc.pdf", [(100, 100)] * 3)
+    make_pdf(tmp_path / "two.pdf", [(100, 100)] * 2)
+    assert main([str(tmp_path / "doc.pdf"), str(tmp_path / "two.pdf"), "--pages", spec,
+                 "--out", str(tmp_path / "out"), *FAST]) == 2
+    err = capsys.readouterr().err
+    assert f"error: --pages {spec} is past the end of every input (doc.pdf: 3 page(s), two.pdf: 2 page(s))" in err
+    assert "page 1" not in err and reuse_model == []
+
+
+def test_a_range_past_the_end_of_one_input_leaves_it_out(reuse_model, tmp_path, capsys):
+    make_pdf(tmp_path / "long.pdf", [(100, 100)] * 4)
+    make_pdf(tmp_path / "short.pdf", [(100, 100)] * 2)
+    assert main([str(tmp_path / "long.pdf"), str(tmp_path / "short.pdf"), "--pages", "3-", "--json",
+                 "--out", str(tmp_path / "out"), *FAST]) == 0
+    captured = capsys.readouterr()
+    assert "note: short.pdf has 2 page(s): --pages 3- selects none of them; left out" in captured.err
+    assert [(e["document"], e["page"]) for e in json.loads(captured.out)["pages"]] == [("long", 3), ("long", 4)]
+
+
+def test_changed_settings_redo_the_pages(reuse_model, ckpt, tmp_path, capsys):
+    make_image(tmp_path / "page.png", (90, 70))
+    out = tmp_path / "out"
+
+    def run(*extra, model=ckpt):
+        assert main([str(tmp_path / "page.png"), "--model", str(model), "--out", str(out), "--json",
+                     "--quiet", *FAST, *extra]) == 0
+        (entry,) = json.loads(capsys.readouterr().out)["pages"]
+        return entry["status"], entry.get("redone", "")
+
+    assert run("--mode", "128:128") == ("ok", "")
+    assert run("--mode", "128:128")[0] == "skipped"
+    status, why = run("--mode", "192:192")
+    assert status == "ok" and why.startswith("mode was")
+    status, why = run("--mode", "192:192", "--prompt", "ocr")
+    assert status == "ok" and why.startswith("prompt was")
+    (tmp_path / "other").symlink_to(ckpt, target_is_directory=True)  # e.g. random, then the real weights
+    status, why = run("--mode", "192:192", "--prompt", "ocr", model=tmp_path / "other")
+    assert status == "ok" and why.startswith("model was")
+    record = json.loads((out / "page" / "page-0001.json").read_text())
+    assert record["run"]["model"] == str(tmp_path / "other") and record["prompt"] == PROMPTS["ocr"]
+
+
+def test_unreadable_inputs_alone_load_no_model(reuse_model, tmp_path, capsys, monkeypatch):
+    from PIL import Image
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", Image.MAX_IMAGE_PIXELS)  # --max-pixels raises it
+    (tmp_path / "empty.png").write_bytes(b"")
+    big = tmp_path / "big.png"  # a valid header claiming 9000 x 9000 (81 Mpx), and no pixel data
+    ihdr = b"IHDR" + (9000).to_bytes(4, "big") * 2 + bytes([8, 2, 0, 0, 0])
+    big.write_bytes(b"\x89PNG\r\n\x1a\n" + (13).to_bytes(4, "big") + ihdr
+                    + zlib.crc32(ihdr).to_bytes(4, "big") + (0).to_bytes(4, "big") + b"IEND"
+                    + zlib.crc32(b"IEND").to_bytes(4, "big"))
+    assert main([str(tmp_path / "empty.png"), str(big), "--out", str(tmp_path / "out"), "--json"]) == 1
+    captured = capsys.readouterr()
+    assert reuse_model == [] and "no model is loaded" in captured.err
+    entries = json.loads(captured.out)["pages"]
+    assert [(e["document"], e["status"], e["error_type"]) for e in entries] == [
+        ("empty", "failed", "InvalidImageError"), ("big", "failed", "ImageTooLargeError")]
+    # One limit quoted: ours (64 Mpx), not also Pillow's warning threshold.
+    assert "67108864 pixels" in entries[1]["error"] and str(89478485) not in entries[1]["error"]
+    assert (tmp_path / "out" / "big" / "page-0001.error.json").is_file()
+    # --max-pixels raises the limit: the header passes, and only decoding fails (no pixel data).
+    assert main([str(big), "--max-pixels", "90000000", "--out", str(tmp_path / "out"), "--json"]) == 1
+    (entry,) = [e for e in json.loads(capsys.readouterr().out)["pages"] if not e.get("earlier")]
+    assert entry["error_type"] == "InvalidImageError" and reuse_model == [DEFAULT_REPO]
