@@ -276,7 +276,7 @@ def test_train_and_eval_commands(tmp_path, ckpt):
     env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parent.parent)}
     train = [sys.executable, "-m", "deepseek_ocr", "train", "--model", str(ckpt), "--data", str(data),
              "--eval-data", str(data), "--mode", "64:64", "--lora-r", "4", "--max-steps", "2", "--batch-size", "2",
-             "--checkpoint-every", "1", "--cache-vision", "--eval-max-new-tokens", "6", "--out", str(out), "--quiet"]
+             "--checkpoint-every", "1", "--log-every", "1", "--cache-vision", "--eval-max-new-tokens", "6", "--out", str(out), "--quiet"]
     proc = subprocess.run(train, capture_output=True, text=True, env=env, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
     for path in ("adapter/adapter_config.json", "adapter/adapter_model.safetensors", "model/config.json",

@@ -261,7 +261,7 @@ class Trainer:
                     start = j * self.cfg.batch_size
                     names = [_source(inp, indices[start + k]) for k, inp in enumerate(mb)]
                     raise NonFiniteLossError(
-                        f"the loss is {float(out.loss)} at step {step + 1} (micro-batch {j + 1} of {len(micro)}), "
+                        f"the loss is {float(out.loss.detach())} at step {step + 1} (micro-batch {j + 1} of {len(micro)}), "
                         f"samples: {', '.join(names)}. Nothing was saved for this step; the last good "
                         f"checkpoint is {self.last_checkpoint or 'none'}. Lower lr, check these samples, or "
                         "resume from the checkpoint.", step + 1, names)
