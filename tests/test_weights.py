@@ -404,6 +404,20 @@ def test_save_pretrained_reproduces_the_checkpoint_byte_for_byte(small_checkpoin
     (out / SHARD).unlink()  # 1.6 GB; pytest keeps the last runs' tmp folders
 
 
+def test_save_pretrained_of_a_float32_model_keeps_the_checkpoint_dtype(small_checkpoint, small_model, tmp_path):
+    """A model loaded on the CPU runs in float32; saving it wrote 2x the bytes as F32 while
+    config.json still said bfloat16. It is saved as the checkpoint was, and says so."""
+    assert small_model.dtype == torch.float32
+    out = small_model.save_pretrained(tmp_path / "saved")
+    dtypes = {e["dtype"] for name, e in raw_header(out / SHARD).items() if name != "__metadata__"}
+    assert dtypes == {"BF16"}
+    assert (out / SHARD).stat().st_size == (small_checkpoint / SHARD).stat().st_size
+    config = json.loads((out / "config.json").read_text())
+    assert config["torch_dtype"] == config["language_config"]["torch_dtype"] == "bfloat16"
+    assert config == json.loads((small_checkpoint / "config.json").read_text())
+    (out / SHARD).unlink()  # 1.6 GB
+
+
 # --- 5. dtypes and the expert fusion -------------------------------------------------------------
 
 def assert_matches_file(model: DeepseekOCR, file, dtype: torch.dtype) -> None:
