@@ -21,8 +21,8 @@ from PIL import Image
 
 from deepseek_ocr.errors import (DocumentError, DocumentTooLargeError, EncryptedPDFError, InputNotFoundError,
                                  InvalidImageError, InvalidPDFError)
-from deepseek_ocr.inputs import (InvalidPageRangeError, expand_inputs, iter_pages, open_pdf,
-                                 parse_page_ranges)
+from deepseek_ocr.inputs import (DocumentErrorPage, InvalidPageRangeError, expand_inputs, iter_pages, open_pdf,
+                                 parse_page_ranges, select_pages)
 from deepseek_ocr.inputs import pdf as pdf_module
 
 RED, GREEN, BLUE, WHITE, BLACK = (255, 0, 0), (0, 255, 0), (0, 0, 255), (255, 255, 255), (0, 0, 0)
@@ -207,6 +207,57 @@ def test_bad_page_ranges(spec, count, message):
     with pytest.raises(InvalidPageRangeError, match=message) as info:
         parse_page_ranges(spec, count)
     assert isinstance(info.value, ValueError) and isinstance(info.value, DocumentError)
+
+
+@pytest.mark.parametrize("spec, count, expected", [
+    ("16-30", 17, [15, 16]),  # the 17-page specification
+    ("99-", 17, []),
+    ("-30", 3, [0, 1, 2]),
+    ("1-2,5,9-", 6, [0, 1, 4]),
+    ("4,7", 3, []),
+    ("2", 3, [1]),
+])
+def test_clipped_page_ranges_stop_at_the_end(spec, count, expected):
+    assert parse_page_ranges(spec, count, clip=True) == expected
+
+
+@pytest.mark.parametrize("spec", ["0", "5-3", "x", "", "-"])
+def test_clipping_keeps_the_syntax_checks(spec):
+    with pytest.raises(InvalidPageRangeError):
+        parse_page_ranges(spec, 100, clip=True)
+
+
+def test_missing_inputs_are_collected_and_the_rest_expanded(tmp_path):
+    Image.new("RGB", (8, 8)).save(tmp_path / "a.png")
+    missing: list = []
+    docs = expand_inputs([str(tmp_path / "nope.png"), str(tmp_path / "a.png"), str(tmp_path / "*.jpg")],
+                         missing=missing)
+    assert [d.name for d in docs] == ["a"]
+    assert [type(e) for e in missing] == [InputNotFoundError, InputNotFoundError]
+    assert "nope.png" in str(missing[0]) and "*.jpg" in str(missing[1])
+    with pytest.raises(InputNotFoundError):
+        expand_inputs([str(tmp_path / "nope.png"), str(tmp_path / "a.png")])  # without the list: raises
+
+
+def test_select_pages_cuts_ranges_and_reports_what_it_left(tmp_path):
+    (tmp_path / "long.pdf").write_bytes(simple_pdf([(72, 72, None)] * 5))
+    (tmp_path / "short.pdf").write_bytes(simple_pdf([(72, 72, None)] * 2))
+    (tmp_path / "bad.pdf").write_bytes(b"%PDF-1.4 not really")
+    Image.new("RGB", (8, 8)).save(tmp_path / "img.png")
+    sel = select_pages([str(tmp_path / n) for n in ("long.pdf", "short.pdf", "bad.pdf", "img.png", "gone.png")],
+                       pages="4-9")
+    assert [(p.document.name, p.number) for p in sel.pages] == [("long", 4), ("long", 5), ("bad", 1), ("img", 1)]
+    assert isinstance(sel.pages[2], DocumentErrorPage) and sel.readable == [sel.pages[i] for i in (0, 1, 3)]
+    with pytest.raises(InvalidPDFError):
+        sel.pages[2].load()
+    assert sel.notes == ["long.pdf has 5 page(s): --pages 4-9 reaches past its end; doing 4-5",
+                         "short.pdf has 2 page(s): --pages 4-9 selects none of them; left out"]
+    assert [(d.name, n) for d, n in sel.beyond] == [("short", 2)] and not sel.beyond_every_input
+    assert [str(e) for e in sel.missing] == [f"{tmp_path / 'gone.png'}: no such file or folder"]
+    only_short = select_pages([str(tmp_path / "short.pdf")], pages="3-")
+    assert only_short.pages == [] and only_short.beyond_every_input
+    with pytest.raises(InvalidPageRangeError):
+        select_pages([str(tmp_path / "long.pdf")], pages="3-1")
 
 
 @pytest.mark.parametrize("password", [None, "wrong", ""])
