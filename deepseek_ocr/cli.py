@@ -18,21 +18,18 @@ import argparse
 import json
 import logging
 import os
-import shutil
 import sys
 import tempfile
 import time
 from pathlib import Path
 
-from .errors import CheckpointNotFoundError, DeepseekOCRError, WeightsError
+from .cli_model import DEFAULT_REPO, RANDOM_MODEL, device_problem, load_for_command
 from .inputs import DEFAULT_DPI, DEFAULT_MAX_PAGES, InvalidPageRangeError, parse_page_ranges, select_pages
 from .processing.image_io import DEFAULT_MAX_PIXELS
 from .processing.views import MODES, Mode, resolve_mode
 
 logger = logging.getLogger("deepseek_ocr.cli")
 
-# weights.loading.DEFAULT_REPO, written out: importing that module would import torch.
-DEFAULT_REPO = "deepseek-ai/DeepSeek-OCR"
 PROMPTS = {
     "markdown": "<image>\n<|grounding|>Convert the document to markdown.",
     "ocr": "<image>\n<|grounding|>OCR this image.",
@@ -41,9 +38,6 @@ PROMPTS = {
     "describe": "<image>\nDescribe this image in detail.",
 }
 LOCATE = "<image>\nLocate <|ref|>{}<|/ref|> in the image."
-RANDOM_MODEL = "random"
-RANDOM_SIZE = {"layers": 2, "experts": 4, "topk": 2}
-RANDOM_SIZE_TEXT = "1.6 GB"  # bf16, full vision tower, 2-layer decoder (1,584,775,680 bytes of tensors)
 DTYPE_NAMES = ("float32", "fp32", "bfloat16", "bf16", "float16", "fp16")
 
 EXIT_OK, EXIT_FAILED_PAGES, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
@@ -179,77 +173,6 @@ def _remove_empty(path: Path) -> None:
         pass
 
 
-def check_device(requested: str | None) -> None:
-    """Refuse a device this torch cannot use, before loading (imports torch)."""
-    if requested is None:
-        return
-    import torch
-    try:
-        device = torch.device(requested)
-    except (RuntimeError, ValueError) as err:
-        raise UsageError(f"--device {requested!r}: {err}") from None
-    if device.type == "cuda":
-        if not torch.cuda.is_available():
-            why = ("this torch build has no CUDA support (a CPU-only build)" if torch.version.cuda is None
-                   else "no CUDA GPU is visible")
-            raise UsageError(f"--device {requested}: CUDA is not available: {why}; use --device cpu "
-                             "or install a CUDA build of torch")
-        if device.index is not None and device.index >= torch.cuda.device_count():
-            raise UsageError(f"--device {requested}: there are {torch.cuda.device_count()} CUDA device(s)")
-    elif device.type == "mps" and not torch.backends.mps.is_available():
-        raise UsageError(f"--device {requested}: MPS is not available")
-    elif device.type not in ("cpu", "cuda", "mps"):
-        raise UsageError(f"--device {requested}: only cpu, cuda[:N] and mps are supported")
-
-
-# ------------------------------------------------------------------------------- model
-def random_model_dir() -> Path:
-    """Where `--model random` (and examples/quickstart.py) keep the random checkpoint:
-    `$DEEPSEEK_OCR_CACHE/random-demo`, by default `~/.cache/deepseek_ocr/random-demo`."""
-    root = os.environ.get("DEEPSEEK_OCR_CACHE") or os.path.join("~", ".cache", "deepseek_ocr")
-    return Path(root).expanduser() / "random-demo"
-
-
-def ensure_random_model(err=sys.stderr) -> Path:
-    """Build the random-weight checkpoint once; later runs (and other ranks) reuse it.
-
-    Built in a temporary sibling folder and renamed into place, so a run killed while building
-    leaves no half checkpoint, and two processes building at once both end with a whole one.
-    """
-    target = random_model_dir()
-    if (target / "config.json").is_file():
-        return target
-    import torch
-    from .pipeline.writer import current_umask
-    from .weights.random import make_random_checkpoint
-    target.parent.mkdir(parents=True, exist_ok=True)
-    print(f"building a random-weight checkpoint in {target} (once; {RANDOM_SIZE_TEXT}) ...", file=err)
-    tmp = Path(tempfile.mkdtemp(prefix=".random-demo-", dir=target.parent))
-    try:
-        make_random_checkpoint(tmp, dtype=torch.bfloat16, **RANDOM_SIZE)
-        os.chmod(tmp, 0o777 & ~current_umask())  # mkdtemp's 0700 would hide it from other users
-        try:
-            os.rename(tmp, target)
-        except OSError:
-            if not (target / "config.json").is_file():  # not another process winning the race
-                raise
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp, ignore_errors=True)
-    return target
-
-
-def _weights_help(model: str, err: Exception) -> str:
-    lines = [f"error: cannot load the model {model!r}: {err}"]
-    if isinstance(err, CheckpointNotFoundError):
-        if "hf download" not in str(err):
-            lines.append(f"  To download the official weights (6.7 GB) once: hf download {DEFAULT_REPO}")
-        lines.append("  Or pass a local checkpoint folder with --model DIR.")
-        lines.append("  To try the whole pipeline without weights: --model random (random weights: the "
-                     "text is gibberish).")
-    return "\n".join(lines)
-
-
 # -------------------------------------------------------------------------------- main
 def _human_summary(summary: dict, out_dir: Path, documents: list, missing: list, stream) -> None:
     t = summary["totals"]
@@ -325,33 +248,15 @@ def _run(args: argparse.Namespace) -> int:
         for note in sel.notes:
             print(f"note: {note}", file=err)
         needs_model = bool(sel.readable)
-        if needs_model:
-            check_device(args.device)
+        problem = device_problem(args.device) if needs_model else None
+        if problem is not None:
+            raise UsageError(problem)
     except UsageError as e:
         print(f"error: {e}", file=err)
         if created:
             _remove_empty(Path(args.out).expanduser())
         return EXIT_USAGE
     return _run_pages(args, sel.pages, prompt, mode, missing, needs_model)
-
-
-def _load(args: argparse.Namespace, dist, err):
-    """The loaded model, or an exit code after saying why not."""
-    from .ocr import DeepseekOCR
-    from .pipeline import device_for
-    model = args.model
-    try:
-        if model == RANDOM_MODEL:
-            model = str(ensure_random_model(err))
-        ocr = DeepseekOCR.from_pretrained(model, device=device_for(dist, args.device), dtype=args.dtype)
-    except WeightsError as e:
-        print(_weights_help(args.model, e), file=err)
-        return EXIT_USAGE
-    except (DeepseekOCRError, ValueError, OSError) as e:
-        print(f"error: cannot load the model {args.model!r}: {e}", file=err)
-        return EXIT_USAGE
-    ocr.max_pixels = args.max_pixels
-    return ocr
 
 
 def _render_settings(args: argparse.Namespace):
@@ -381,10 +286,11 @@ def _run_pages(args: argparse.Namespace, pages: list, prompt: str, mode: Mode, m
     random_weights = args.model == RANDOM_MODEL
     ocr = None
     if needs_model:
-        loaded = _load(args, dist, err)
-        if isinstance(loaded, int):
-            return loaded
-        ocr = loaded
+        from .pipeline import device_for
+        ocr = load_for_command(args.model, device=device_for(dist, args.device), dtype=args.dtype,
+                               max_pixels=args.max_pixels, err=err)
+        if ocr is None:
+            return EXIT_USAGE
     if talk:
         ndocs = len({p.document.name for p in pages})
         where = (f"model {ocr.folder} on {ocr.device} ({str(ocr.dtype).replace('torch.', '')})" if ocr

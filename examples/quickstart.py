@@ -20,7 +20,7 @@ from pathlib import Path
 from PIL import Image, ImageDraw
 
 from deepseek_ocr import DeepseekOCR
-from deepseek_ocr.cli import ensure_random_model
+from deepseek_ocr.cli_model import ensure_random_model
 
 ROOT = Path(__file__).resolve().parent.parent
 
