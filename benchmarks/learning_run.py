@@ -255,6 +255,7 @@ def main(argv=None):
         print(f"step {step:6d}  {train_s / 60:5.2f} min  CER {res['cer']:.3f}  WER {wer}  "
               f"e.g. {res['examples'][0]['prediction'][:40]!r} <- {res['examples'][0]['reference'][:40]!r}", flush=True)
         (out / "log.json").write_text(json.dumps(log, indent=1))
+        plot(log, out / "cer.png")  # after every eval: a run stopped at a time limit keeps its plot
 
     run_eval()
     for packed in loader:
