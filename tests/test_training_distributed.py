@@ -56,6 +56,7 @@ def _grads(net) -> dict[str, torch.Tensor]:
 def _rank_main(rank: int, port: int, strategy: str, queue) -> None:
     os.environ.update(RANK=str(rank), WORLD_SIZE=str(WORLD), LOCAL_RANK=str(rank),
                       MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    torch.set_num_threads(1)  # two ranks share the CI machine's two cores
     torch.manual_seed(0)
     from deepseek_ocr.training.distributed import (LossModule, all_reduce_sum, init_distributed,
                                                    rank_objective, shutdown, wrap_model)

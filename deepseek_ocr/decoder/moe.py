@@ -98,8 +98,13 @@ class MoE(nn.Module):
         flat = x.reshape(-1, shape[-1])
         weights, ids = moe_route(self.gate, flat)  # the kernel seam
         if taps is not None:
-            # router_input: what the training objective's balance loss recomputes scores from.
-            taps["topk_ids"], taps["topk_weights"], taps["router_input"] = ids, weights, flat
+            taps["topk_ids"], taps["topk_weights"] = ids, weights
+            if taps.get("want_router_scores"):
+                # The training objective's balance loss needs the full float32 softmax, with its
+                # gradient. Computed here, inside the layer's forward, where a sharded (FSDP)
+                # router weight is gathered; the routing above took the same scores.
+                with torch.autocast(flat.device.type, enabled=False):
+                    taps["router_scores"] = F.linear(flat.float(), self.gate.weight.float()).softmax(dim=-1)
         y = moe_experts(self.experts, flat, weights, ids)  # the kernel seam
         if self.shared_experts is not None:
             y = y + self.shared_experts(flat)

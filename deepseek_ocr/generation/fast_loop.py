@@ -134,11 +134,29 @@ def _initial_capacity(eng: "DecodeEngine", rows: int, longest: int, budget: int,
     return existing[0] if existing else (roomy if eng.use_graphs else tight)
 
 
+def supports_model(ocr: "DeepseekOCR") -> bool:
+    """False while LoRA factors are attached unmerged: the fast step fuses the plain q/k/v
+    weights and would silently leave the adapter out (the reference loop honours it)."""
+    return not any(getattr(m, "carries_lora", False) for m in ocr.model.decoder.modules())
+
+
+def _weights_signature(ocr: "DeepseekOCR") -> tuple:
+    """Identity, version counter, device and dtype of the weights the engine copies (the fused
+    q/k/v): an optimizer step, a load or a `.to()` changes it, and the engine is rebuilt."""
+    sig = []
+    for layer in ocr.model.decoder.layers:
+        for p in (layer.self_attn.q_proj.weight, layer.self_attn.k_proj.weight, layer.self_attn.v_proj.weight):
+            sig.append((id(p), p._version, p.device, p.dtype))
+    return tuple(sig)
+
+
 def engine_for(ocr: "DeepseekOCR") -> DecodeEngine:
     eng = getattr(ocr, "_decode_engine", None)
-    if eng is None:
+    sig = _weights_signature(ocr)
+    if eng is None or getattr(ocr, "_decode_engine_signature", None) != sig:
         eng = DecodeEngine(ocr)
         ocr._decode_engine = eng
+        ocr._decode_engine_signature = sig
     return eng
 
 

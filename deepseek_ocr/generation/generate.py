@@ -21,6 +21,7 @@ from ..errors import ContextLengthError, GenerationError
 from .detokenize import IncrementalDetokenizer
 from .fast_loop import fast_decode_steps
 from .fast_loop import supports as fast_supports
+from .fast_loop import supports_model as fast_supports_model
 from .logits_processors import NoRepeatNGram, RepetitionDetector, WindowedNoRepeatNGram
 from .sampling import check_finite, select_next_tokens
 
@@ -134,7 +135,7 @@ def decode_steps(ocr: "DeepseekOCR", batch: Sequence["PreparedInputs"], opts: _O
     generator = None
     if opts.seed is not None:
         generator = torch.Generator(device=device).manual_seed(int(opts.seed))
-    if _use_fast(opts, device):
+    if _use_fast(opts, device) and fast_supports_model(ocr):
         yield from fast_decode_steps(ocr, batch, opts, budget, generator)
         return
     procs = _processors(ocr, opts)

@@ -120,8 +120,21 @@ def _write_json(path: Path, data: Any) -> None:
     path.write_text(json.dumps(data, indent=1, sort_keys=True) + "\n", encoding="utf-8")
 
 
+def full(t: torch.Tensor) -> torch.Tensor:
+    """A plain tensor: an FSDP2 shard (DTensor) is gathered whole (a collective: every rank
+    must call this in the same order), anything else is returned as it is."""
+    return t.full_tensor() if hasattr(t, "full_tensor") else t
+
+
 def trainable_tensors(model: torch.nn.Module) -> dict[str, torch.Tensor]:
-    return {n: p.detach() for n, p in model.named_parameters() if p.requires_grad}
+    return {n: full(p.detach()) for n, p in model.named_parameters() if p.requires_grad}
+
+
+def gather_sharded(model: torch.nn.Module, optimizer: torch.optim.Optimizer) -> None:
+    """On ranks other than 0 under FSDP2: take part in the gathers rank 0's `save_checkpoint`
+    makes (same tensors, same order), writing nothing."""
+    trainable_tensors(model)
+    optimizer_payload(optimizer)
 
 
 def optimizer_payload(optimizer: torch.optim.Optimizer) -> tuple[dict[str, torch.Tensor], dict]:
@@ -134,7 +147,7 @@ def optimizer_payload(optimizer: torch.optim.Optimizer) -> tuple[dict[str, torch
         for name, p in zip(group["names"], group["params"]):
             for slot, value in optimizer.state.get(p, {}).items():
                 if torch.is_tensor(value) and value.ndim > 0:
-                    tensors[f"{name}{SLOT_SEP}{slot}"] = value.detach().cpu().contiguous()
+                    tensors[f"{name}{SLOT_SEP}{slot}"] = full(value.detach()).cpu().contiguous()
                 else:  # `step` (a 0-d tensor, or a float in older torch)
                     scalars.setdefault(name, {})[slot] = float(value)
     return tensors, {"groups": groups, "scalars": scalars}
@@ -268,6 +281,15 @@ def load_optimizer(path: str | os.PathLike, optimizer: torch.optim.Optimizer) ->
     for name, slots in meta["scalars"].items():
         for slot, value in slots.items():
             per_param.setdefault(name, {})[slot] = torch.tensor(value, dtype=torch.float32)
+    # FSDP2: each moment is laid out like its (sharded) parameter, on any number of ranks.
+    params = {n: p for g in optimizer.param_groups for n, p in zip(g["names"], g["params"])}
+    for name, slots in per_param.items():
+        p = params.get(name)
+        if p is not None and hasattr(p, "device_mesh"):
+            from torch.distributed.tensor import distribute_tensor
+            for slot, t in slots.items():
+                if t.ndim > 0:
+                    slots[slot] = distribute_tensor(t.to(p.device, p.dtype), p.device_mesh, p.placements)
     index = {n: i for i, n in enumerate(names)}
     by_name = {g["group"]: g for g in meta["groups"]}
     groups = []

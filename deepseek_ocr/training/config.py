@@ -111,6 +111,7 @@ class TrainConfig:
     aux_loss: bool = True
     gradient_checkpointing: bool = False
     seed: int = 0
+    strategy: str = "ddp"  # under torchrun: "ddp" or "fsdp" (FSDP2, full fine-tuning)
     dtype: str = "auto"
     device: str | None = None
 
@@ -253,7 +254,8 @@ _FLOAT = ("lora_dropout", "min_lr_ratio", "weight_decay", "eps", "max_grad_norm"
 _OPT_FLOAT = ("lora_alpha", "lr", "epochs")
 _BOOL = ("lora_rslora", "aux_loss", "gradient_checkpointing", "save_model", "cache_vision", "progress",
          "tensorboard")
-_STR = ("model", "data_format", "on_error", "mode", "length_policy", "schedule", "dtype", "output_dir")
+_STR = ("model", "data_format", "on_error", "mode", "length_policy", "schedule", "dtype", "output_dir",
+        "strategy")
 _OPT_STR = ("image_root", "prompt", "preset", "device")
 
 
@@ -315,6 +317,8 @@ def _value_problems(c: TrainConfig) -> list[str]:
         p.append(f"lora_alpha must be positive, got {c.lora_alpha}")
     if not 0.0 <= c.lora_dropout < 1.0:
         p.append(f"lora_dropout must be in [0, 1), got {c.lora_dropout}")
+    if c.strategy not in ("ddp", "fsdp"):
+        p.append(f"strategy must be ddp or fsdp, got {c.strategy!r}")
     if c.schedule not in SCHEDULES:
         p.append(f"schedule must be one of {', '.join(SCHEDULES)}, got {c.schedule!r}")
     if c.dtype not in DTYPES:

@@ -19,7 +19,7 @@ from __future__ import annotations
 import datetime
 import os
 from dataclasses import dataclass
-from typing import Sequence
+from typing import Callable, Sequence
 
 import torch
 import torch.distributed as dist
@@ -97,6 +97,21 @@ def all_reduce_sum(value: float, ctx: DistContext) -> float:
     return float(t.item())
 
 
+def agree_view_sizes(ctx: DistContext) -> Callable[[set[int]], list[int]]:
+    """The union over ranks of the view sizes in each rank's micro-batch (sizes are multiples
+    of 16 up to 8192: a bitmap reduced with MAX, no pickled objects)."""
+    def agree(local: set[int]) -> list[int]:
+        slots = torch.zeros(8192 // 16 + 1, dtype=torch.int32,
+                            device=ctx.device if ctx.device.type == "cuda" else "cpu")
+        for size in local:
+            if size % 16 or not 0 < size <= 8192:
+                raise DistributedError(f"view size {size} is not a multiple of 16 up to 8192")
+            slots[size // 16] = 1
+        dist.all_reduce(slots, op=dist.ReduceOp.MAX)
+        return [int(i) * 16 for i in torch.nonzero(slots).flatten().tolist()]
+    return agree
+
+
 class LossModule(nn.Module):
     """`forward(batch)` runs the official objective on `net` (what DDP / FSDP2 wrap).
 
@@ -109,11 +124,14 @@ class LossModule(nn.Module):
         super().__init__()
         self.net = net
         self.pad_id = pad_id
+        # Set by `wrap_model` for FSDP2: every rank must call the sharded tower alike.
+        self.agree_sizes: Callable[[set[int]], list[int]] | None = None
 
     def forward(self, batch: Sequence[PreparedInputs], aux_loss: bool = True,
                 gradient_checkpointing: bool = False) -> LossOutput:
         return compute_loss(self.net, batch, pad_id=self.pad_id, aux_loss=aux_loss,
-                            gradient_checkpointing=gradient_checkpointing)
+                            gradient_checkpointing=gradient_checkpointing,
+                            agree_sizes=self.agree_sizes)
 
 
 def rank_objective(out: LossOutput, *, global_labels: float, num_sequences: int,
@@ -157,12 +175,11 @@ def wrap_model(module: LossModule, ctx: DistContext, strategy: str = "ddp") -> n
             from torch.distributed.fsdp import fully_shard
         except ImportError as err:  # torch < 2.6
             raise DistributedError(f"FSDP2 needs torch >= 2.6 (fully_shard): {err}") from err
-        if ctx.device.type == "cuda":
-            from torch.distributed.device_mesh import init_device_mesh
-            mesh = init_device_mesh("cuda", (ctx.world_size,))
-        else:
-            from torch.distributed.device_mesh import init_device_mesh
-            mesh = init_device_mesh("cpu", (ctx.world_size,))
+        from torch.distributed.device_mesh import init_device_mesh
+        mesh = init_device_mesh(ctx.device.type, (ctx.world_size,))
+        # A rank without images (or with other view sizes) still runs every CLIP layer, in the
+        # same order as the others: the all-gathers and reduce-scatters must pair up.
+        module.agree_sizes = agree_view_sizes(ctx)
         for layer in module.net.decoder.layers:
             fully_shard(layer, mesh=mesh)
         for layer in module.net.vision.clip.transformer.layers:

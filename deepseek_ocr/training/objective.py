@@ -24,7 +24,7 @@ recording, so frozen vision costs no activation memory.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Sequence
+from typing import Callable, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -59,53 +59,79 @@ def _requires_grad(module: torch.nn.Module) -> bool:
     return any(p.requires_grad for p in module.parameters())
 
 
-def encode_vision(model: DeepseekOCRModel, batch: Sequence[PreparedInputs]) -> list[torch.Tensor | None]:
+def encode_vision(model: DeepseekOCRModel, batch: Sequence[PreparedInputs],
+                  agree_sizes: Callable[[set[int]], list[int]] | None = None
+                  ) -> tuple[list[torch.Tensor | None], torch.Tensor | None]:
     """Vision rows per sample (None for text-only), with autograd where vision is trainable.
 
-    Samples whose global views have the same size are encoded together (tiles of every sample
-    in the group in one pass), as at inference. Precomputed `vision_rows` are used only when
-    the tower is frozen.
+    Every view of one side length (global views and tiles alike) goes through the tower in one
+    pass, in ascending order of size; then each sample's rows are laid out as at inference.
+    Precomputed `vision_rows` are used only when the tower is frozen.
+
+    Args:
+        agree_sizes: for sharded training (FSDP), where every rank must run the same sequence of
+            tower calls: maps this rank's view sizes to the sizes of all ranks. A size this rank
+            lacks is run on one blank view whose output enters the loss times zero, so its
+            forward and backward collectives happen on every rank.
+    Returns:
+        the rows per sample, and that zero-valued keep-alive term (None when none was needed).
     """
     vision = model.vision
     device = vision.projector.layers.weight.device
     trainable = torch.is_grad_enabled() and _requires_grad(vision)
     out: list[torch.Tensor | None] = [None] * len(batch)
-    groups: dict[tuple, list[int]] = {}
+    todo = []
     for i, inp in enumerate(batch):
         if inp.vision_rows is not None and not trainable:
             # Rows computed earlier (`DeepseekOCR.encode_images`) are exact for a frozen tower;
             # with a trainable one they would carry no gradient, so they are recomputed.
             out[i] = inp.vision_rows.to(device)
         elif inp.has_image:
-            groups.setdefault(tuple(inp.global_view.shape[-2:]), []).append(i)
-    if not groups:
-        return out
+            todo.append(i)
+    # Every view to encode, by side length: (sample, "global" or "crops", tensor).
+    by_size: dict[int, list[tuple[int, str, torch.Tensor]]] = {}
+    for i in todo:
+        g = batch[i].global_view
+        by_size.setdefault(int(g.shape[-1]), []).append((i, "global", g))
+        c = batch[i].crops
+        if c is not None and c.shape[0] > 0:
+            by_size.setdefault(int(c.shape[-1]), []).append((i, "crops", c))
+    sizes = sorted(by_size) if agree_sizes is None else sorted(agree_sizes(set(by_size)))
+    encoded: dict[tuple[int, str], torch.Tensor] = {}
+    keep_alive = None
     with torch.set_grad_enabled(trainable):
-        for idx in groups.values():
-            views = torch.cat([batch[i].global_view for i in idx]).to(device)
-            crops = [batch[i].crops.to(device) if batch[i].crops is not None else None for i in idx]
-            tiles = [tuple(batch[i].images_spatial_crop[0].tolist()) for i in idx]
-            for i, rows in zip(idx, vision(views, crops, tiles)):
-                out[i] = rows
-    return out
+        for size in sizes:
+            views = by_size.get(size)
+            if views is None:  # another rank has this size; run it too (see agree_sizes)
+                blank = torch.zeros(1, 3, size, size, device=device)
+                # Through the layout too, so the newline and separator rows get their gradient
+                # (zero) on this rank as on the others.
+                term = vision.layout(vision.encode_views(blank)[0], None, (1, 1)).sum() * 0.0
+                keep_alive = term if keep_alive is None else keep_alive + term
+                continue
+            tokens = vision.encode_views(torch.cat([v for _, _, v in views]).to(device))
+            for (i, kind, v), chunk in zip(views, tokens.split([v.shape[0] for _, _, v in views])):
+                encoded[(i, kind)] = chunk
+        for i in todo:
+            tiles = tuple(batch[i].images_spatial_crop[0].tolist())
+            out[i] = vision.layout(encoded[(i, "global")][0], encoded.get((i, "crops")), tiles)
+    return out, keep_alive
 
 
-def balance_loss(router_input: torch.Tensor, gate_weight: torch.Tensor, topk_ids: torch.Tensor,
-                 valid: torch.Tensor, alpha: float) -> torch.Tensor:
+def balance_loss(scores: torch.Tensor, topk_ids: torch.Tensor, valid: torch.Tensor,
+                 alpha: float) -> torch.Tensor:
     """The sequence-level balance loss of one MoE layer (`seq_aux: true`).
 
     Args:
-        router_input: `[B*T, H]` the MoE input (the router recomputes its float32 scores from
-            it, differentiably; the routing itself was already taken with these same scores).
-        gate_weight: `[E, H]` the router weight.
+        scores: `[B*T, E]` the router's float32 softmax scores (with their gradient).
         topk_ids: `[B*T, k]` the chosen experts.
         valid: `[B, T]` bool, False on padding (excluded from both statistics).
         alpha: `aux_loss_alpha`.
     """
     b, t = valid.shape
-    n_experts = gate_weight.shape[0]
+    n_experts = scores.shape[-1]
     k = topk_ids.shape[-1]
-    scores = F.linear(router_input.float(), gate_weight.float()).softmax(dim=-1).view(b, t, n_experts)
+    scores = scores.view(b, t, n_experts)
     mask = valid.to(scores.dtype)  # (B, T)
     lengths = mask.sum(dim=1).clamp_min(1.0)  # (B,)
     # f: picks per expert per sequence, normalized so a uniform router gives 1 per expert.
@@ -143,17 +169,19 @@ def _layer_step(layer, x, cos, sin, valid, aux_alpha: float | None):
     """One decoder layer without a cache (causal attention; right padding never reaches a real
     token), returning `(x, balance loss or 0)`. A function of tensors only, so it can be
     recomputed by gradient checkpointing."""
-    taps: dict | None = {} if aux_alpha is not None and isinstance(layer.mlp, MoE) else None
+    moe = aux_alpha is not None and isinstance(layer.mlp, MoE)
+    taps: dict | None = {"want_router_scores": True} if moe else None
     x = layer(x, cos, sin, None, 0, None, taps)
-    if taps:
-        aux = balance_loss(taps["router_input"], layer.mlp.gate.weight, taps["topk_ids"], valid, aux_alpha)
+    if moe:
+        aux = balance_loss(taps["router_scores"], taps["topk_ids"], valid, aux_alpha)
     else:
         aux = x.new_zeros((), dtype=torch.float32)
     return x, aux
 
 
 def compute_loss(model: DeepseekOCRModel, batch: Sequence[PreparedInputs], *, pad_id: int,
-                 aux_loss: bool = True, gradient_checkpointing: bool = False) -> LossOutput:
+                 aux_loss: bool = True, gradient_checkpointing: bool = False,
+                 agree_sizes: Callable[[set[int]], list[int]] | None = None) -> LossOutput:
     """The official objective on a batch of prepared training samples (see the module docstring).
 
     Args:
@@ -163,6 +191,7 @@ def compute_loss(model: DeepseekOCRModel, batch: Sequence[PreparedInputs], *, pa
         pad_id: the id written into padded slots (never scored, never attended to by real tokens).
         aux_loss: add the MoE balance loss to `.loss` (`aux_loss_alpha` of the config).
         gradient_checkpointing: recompute each decoder layer in the backward pass.
+        agree_sizes: see `encode_vision` (sharded training only).
     """
     if not batch:
         raise TrainingInputError("the loss needs at least one sample")
@@ -170,7 +199,7 @@ def compute_loss(model: DeepseekOCRModel, batch: Sequence[PreparedInputs], *, pa
         if inp.labels is None:
             raise TrainingInputError(f"sample {i} has no labels: prepare it with answer=...")
     cfg = model.decoder.cfg
-    vision_rows = encode_vision(model, batch)
+    vision_rows, keep_alive = encode_vision(model, batch, agree_sizes)
     embeds, labels, valid = _pad_batch(model, batch, vision_rows, pad_id)
     b, t, _ = embeds.shape
     positions = torch.arange(t, device=embeds.device)[None].expand(b, t)
@@ -194,4 +223,7 @@ def compute_loss(model: DeepseekOCRModel, batch: Sequence[PreparedInputs], *, pa
     logits = model.decoder.lm_head(model.decoder.norm(hidden)).float()
     ce = F.cross_entropy(logits, targets[scored], reduction="mean")
     loss = ce + aux_total if aux_loss else ce
+    if keep_alive is not None:
+        loss = loss + keep_alive
+        ce = ce + keep_alive
     return LossOutput(loss=loss, ce=ce, aux=aux_total, num_labels=num_labels, num_tokens=int(valid.sum()))

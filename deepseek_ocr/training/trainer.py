@@ -32,10 +32,12 @@ import torch
 
 from ..errors import DeepseekOCRError
 from ..processing.prompt import IGNORE_INDEX, PreparedInputs
-from .checkpoint import (TrainState, load_optimizer, load_weights, read_state, restore_rng, save_checkpoint,
+from .checkpoint import (TrainState, gather_sharded, load_optimizer, load_weights, read_state, restore_rng, save_checkpoint,
                          train_state)
 from .config import TrainConfig, resume_differences
 from .data.sampler import SampleOrder
+from .distributed import DistContext, LossModule, init_distributed, launched_with_torchrun
+from .distributed import wrap_model as wrap_dist
 from .evaluate import evaluate
 from .lora import LoraConfig, apply_lora, merge_lora
 from .monitor import Monitor
@@ -85,17 +87,19 @@ def world() -> tuple[int, int]:
     return int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
 
 
-def wrap_model(model: torch.nn.Module, cfg: TrainConfig) -> torch.nn.Module:
-    """The module the loop runs forward/backward through: the model itself in one process.
+def wrap_model(ocr, cfg: TrainConfig) -> tuple[torch.nn.Module, DistContext]:
+    """The module the loop runs forward/backward through, and the process group's context.
 
-    The seam for DDP / FSDP2 (wrapping, `no_sync` on all but the last micro-batch): until that
-    lands, several processes are refused rather than trained as independent copies.
+    One process: the objective itself (`LossModule`, the same as `ocr.loss`). Under torchrun:
+    joined to the process group and wrapped in DDP (`strategy = "ddp"`, every rank holds the
+    model: LoRA or full fine-tuning) or sharded with FSDP2 (`"fsdp"`: per decoder layer and
+    per CLIP layer, for full fine-tuning of models that do not fit one device with AdamW).
     """
-    _rank, size = world()
-    if size > 1:
-        raise TrainingError(f"WORLD_SIZE={size}: multi-process training (DDP/FSDP2) is not available yet; "
-                            "run one process")
-    return model
+    ctx = init_distributed(ocr.device) if launched_with_torchrun() else DistContext(device=ocr.device)
+    module = LossModule(ocr.model, ocr.tokenizer.pad_id)
+    if cfg.strategy == "fsdp" and cfg.uses_lora and ctx.enabled:
+        raise TrainingError("strategy 'fsdp' is for full fine-tuning; LoRA trains with 'ddp'")
+    return wrap_dist(module, ctx, cfg.strategy), ctx
 
 
 def all_reduce_sum(value: int, device: torch.device) -> int:
@@ -162,7 +166,11 @@ class Trainer:
         self.params = [p for p in root.parameters() if p.requires_grad]
         self.vision_frozen = not any(p.requires_grad for p in root.vision.parameters())
         root.train()
-        self.module = wrap_model(root, cfg)
+        self.module, self.dist = wrap_model(ocr, cfg)
+        if self.dist.enabled and cfg.strategy == "fsdp" and eval_data and cfg.eval_every:
+            raise TrainingError("evaluation during FSDP training is not supported (generation runs on rank 0 "
+                                "alone, the weights are sharded over all ranks): set eval_every = 0 and run "
+                                "`deepseek-ocr eval` on the saved model")
         self.optimizer = build_optimizer(root, lr=cfg.learning_rate, weight_decay=cfg.weight_decay,
                                          betas=tuple(cfg.betas), eps=cfg.eps)
         self.order = SampleOrder(len(train_data), seed=cfg.seed, rank=self.rank, world_size=self.world_size)
@@ -253,10 +261,14 @@ class Trainer:
         ce_sum = aux_sum = 0.0
         tokens = 0
         for j, mb in enumerate(micro):
+            # DDP: reduce gradients once, after the last micro-batch of the step.
+            no_sync = j < len(micro) - 1 and hasattr(self.module, "no_sync")
+            sync = self.module.no_sync() if no_sync else contextlib.nullcontext()
+            sync.__enter__()  # left in the `finally` below, after this micro-batch's backward
             try:
                 with self.autocast():
-                    out = self.ocr.loss(mb, aux_loss=self.cfg.aux_loss,
-                                        gradient_checkpointing=self.cfg.gradient_checkpointing)
+                    out = self.module(mb, aux_loss=self.cfg.aux_loss,
+                                      gradient_checkpointing=self.cfg.gradient_checkpointing)
                 if not bool(torch.isfinite(out.loss)):
                     start = j * self.cfg.batch_size
                     names = [_source(inp, indices[start + k]) for k, inp in enumerate(mb)]
@@ -271,6 +283,8 @@ class Trainer:
                 objective.backward()
             except torch.OutOfMemoryError:
                 raise self._oom(mb) from None
+            finally:
+                sync.__exit__(None, None, None)
             ce_sum += float(out.ce.detach()) * out.num_labels
             aux_sum += float(out.aux.detach()) * len(mb)
             tokens += out.num_tokens
@@ -293,8 +307,15 @@ class Trainer:
 
     # --------------------------------------------------------------------------- checkpoints
     def save(self) -> Path | None:
-        """Write a checkpoint of the current step (rank 0; once per step)."""
-        if self.rank != 0 or self._saved_step == self.state.step:
+        """Write a checkpoint of the current step (rank 0; once per step). Under FSDP2 every
+        rank takes part in gathering the sharded tensors; the files hold whole tensors, so a
+        run resumes on any number of ranks."""
+        if self._saved_step == self.state.step:
+            return self.last_checkpoint
+        if self.rank != 0:
+            if self.dist.enabled and self.cfg.strategy == "fsdp":
+                gather_sharded(self.ocr.model, self.optimizer)
+            self._saved_step = self.state.step
             return self.last_checkpoint
         self.last_checkpoint = save_checkpoint(self.output_dir, model=self.ocr.model, optimizer=self.optimizer,
                                                state=self.state, lora=self.cfg.uses_lora,
@@ -388,6 +409,13 @@ class Trainer:
 
     def _export(self, result: TrainResult) -> None:
         """The final adapter (LoRA) and the model in the official layout (LoRA merged)."""
+        if self.dist.enabled and self.cfg.strategy == "fsdp":
+            # Gather every sharded parameter back into whole tensors on every rank (FSDP2's
+            # unshard is a collective), so rank 0 can write the official layout.
+            from torch.distributed.fsdp import FSDPModule
+            for m in self.module.modules():
+                if isinstance(m, FSDPModule):
+                    m.unshard()
         if self.rank != 0:
             return
         if self.cfg.uses_lora:
