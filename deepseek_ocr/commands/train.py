@@ -63,6 +63,8 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--seed", type=int)
     g.add_argument("--dtype", choices=DTYPES, help="auto (bf16 autocast on CUDA, float32 on CPU)")
     g.add_argument("--device", help="cuda, cuda:1, cpu (default: cuda when available)")
+    g.add_argument("--strategy", choices=("ddp", "fsdp"),
+                   help="under torchrun: ddp (default; LoRA or full) or fsdp (FSDP2 sharding, full fine-tuning)")
     g = ap.add_argument_group("output")
     g.add_argument("--out", dest="output_dir", help="run folder (default ./train-output)")
     g.add_argument("--resume", help="a checkpoint folder, or 'auto' for the latest in --out")

@@ -37,6 +37,7 @@ from .checkpoint import (TrainState, gather_sharded, load_optimizer, load_weight
 from .config import TrainConfig, resume_differences
 from .data.sampler import SampleOrder
 from .distributed import DistContext, LossModule, init_distributed, launched_with_torchrun
+from .distributed import all_reduce_sum as all_reduce_sum_float
 from .distributed import wrap_model as wrap_dist
 from .evaluate import evaluate
 from .lora import LoraConfig, apply_lora, merge_lora
@@ -302,8 +303,12 @@ class Trainer:
         self.optimizer.zero_grad(set_to_none=True)
         ce = ce_sum / max(sum(n_labels), 1)
         aux = aux_sum / sum(len(mb) for mb in micro)
+        if self.world_size > 1:  # the record describes the whole step, every rank's samples
+            ce = all_reduce_sum_float(ce_sum, self.dist) / max(total_labels, 1)
+            aux = all_reduce_sum_float(aux_sum, self.dist) / total_seqs
+            tokens = int(all_reduce_sum_float(tokens, self.dist))
         return {"step": step + 1, "loss": ce + aux if self.cfg.aux_loss else ce, "ce": ce, "aux": aux,
-                "lr": lr, "grad_norm": grad_norm, "tokens": tokens, "samples": len(indices)}
+                "lr": lr, "grad_norm": grad_norm, "tokens": tokens, "samples": len(indices) * self.world_size}
 
     # --------------------------------------------------------------------------- checkpoints
     def save(self) -> Path | None:
