@@ -124,7 +124,7 @@ def load(folder: Path, mode: str, weights: str, device, compile_layers: bool):
     dtype = torch.float32 if weights == "fp32" else torch.bfloat16
     ocr = DeepseekOCR.from_pretrained(folder, device=device, dtype=dtype)
     if mode == "lora":
-        apply_lora(ocr.model, LoraConfig(r=16, alpha=16), generator=torch.Generator().manual_seed(0))
+        apply_lora(ocr.model, LoraConfig(r=16, alpha=16), generator=torch.Generator(device=device).manual_seed(0))
         summary = set_trainable(ocr.model, "lora")
     else:
         summary = set_trainable(ocr.model, "paper")
