@@ -136,3 +136,15 @@ def encoded_views(small_model, shared_dir):
             cache[key] = (rows, taps)
         return cache[key]
     return encode
+
+
+if os.environ.get("DEEPSEEK_OCR_TEST_RSS_LOG"):
+    # Where the suite's peak memory comes from: the process's peak RSS after each test.
+    import resource
+
+    @pytest.fixture(autouse=True)
+    def _log_peak_rss(request):
+        yield
+        peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+        with open(os.environ["DEEPSEEK_OCR_TEST_RSS_LOG"], "a", encoding="utf-8") as log:
+            log.write(f"{peak_mb:.0f} {request.node.nodeid}\n")

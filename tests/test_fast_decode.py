@@ -59,13 +59,13 @@ def test_buckets():
 
 
 @pytest.fixture(scope="module")
-def prepared_all(small_model, golden, shared_dir):
+def prepared_all(small_model, golden, shared_dir, encoded_views):
     _, cases = golden
     batch = []
     for name in CASES:
         c = cases[name]
         inp = small_model.prepare(shared_dir / c["image"], c["prompt"], mode=c["mode"])
-        inp.vision_rows = small_model.encode_images([inp])[0]
+        inp.vision_rows = encoded_views(c["image"], c["mode"])[0]  # encoded once per session
         batch.append(inp)
     return batch
 

@@ -230,7 +230,8 @@ def test_out_of_memory_is_explained(tmp_path, ocr, samples, monkeypatch):
     def oom(*args, **kwargs):
         raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 20.00 GiB")
 
-    monkeypatch.setattr(ocr, "loss", oom)
+    from deepseek_ocr.training.distributed import LossModule
+    monkeypatch.setattr(LossModule, "forward", oom)  # what the loop runs the objective through
     cfg = _cfg(tmp_path, preset="decoder", max_steps=2, batch_size=2)
     with pytest.raises(TrainingOOMError) as err:
         Trainer(ocr, cfg, samples).train()

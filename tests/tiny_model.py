@@ -15,13 +15,15 @@ import torch
 REPO = Path(__file__).resolve().parent.parent
 
 
-def tiny_config_dict() -> dict:
+def tiny_config_dict(dense: bool = False) -> dict:
+    """`dense`: every decoder layer a plain MLP (no routing), for tests that need the loss to be
+    a smooth function of the weights (finite differences: a routing flip is a jump)."""
     return {
         "language_config": {
             "vocab_size": 129280, "hidden_size": 64, "num_hidden_layers": 2, "num_attention_heads": 4,
             "num_key_value_heads": 4, "intermediate_size": 128, "moe_intermediate_size": 32,
             "n_routed_experts": 4, "n_shared_experts": 1, "num_experts_per_tok": 2,
-            "first_k_dense_replace": 1, "topk_method": "greedy", "scoring_func": "softmax",
+            "first_k_dense_replace": 2 if dense else 1, "topk_method": "greedy", "scoring_func": "softmax",
         },
         "vision_config": {"image_size": 1024, "width": {
             "sam_vit_b": {"width": 32, "layers": 2, "heads": 2, "global_attn_indexes": [1],
@@ -33,11 +35,11 @@ def tiny_config_dict() -> dict:
     }
 
 
-def tiny_model(seed: int = 0):
+def tiny_model(seed: int = 0, dense: bool = False):
     from deepseek_ocr import DeepseekOCR, ModelConfig
     from deepseek_ocr.modeling import DeepseekOCRModel
     from deepseek_ocr.processing.tokenizer import Tokenizer
-    cfg = ModelConfig.from_dict(tiny_config_dict(), source="tiny")
+    cfg = ModelConfig.from_dict(tiny_config_dict(dense), source="tiny")
     net = DeepseekOCRModel(cfg)
     with torch.no_grad():
         for name, p in net.named_parameters():

@@ -11,7 +11,7 @@ from .moe import MoE, SwiGLU
 
 
 class RMSNorm(nn.Module):
-    """RMS normalization computed in float32, scaled in the input dtype."""
+    """RMS normalization computed in float32 (float64 for float64 inputs), scaled in the input dtype."""
 
     def __init__(self, dim: int, eps: float):
         super().__init__()
@@ -20,7 +20,7 @@ class RMSNorm(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         dtype = x.dtype
-        xf = x.float()
+        xf = x.to(torch.promote_types(x.dtype, torch.float32))  # float32, or float64 as given
         xf = xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + self.eps)
         return self.weight * xf.to(dtype)
 

@@ -220,7 +220,10 @@ def compute_loss(model: DeepseekOCRModel, batch: Sequence[PreparedInputs], *, pa
     if num_labels == 0:
         raise TrainingInputError("no labelled token in the batch (every answer is empty?)")
     hidden = x[:, :-1][scored]  # (n_labels, H)
-    logits = model.decoder.lm_head(model.decoder.norm(hidden)).float()
+    logits = model.decoder.lm_head(model.decoder.norm(hidden))
+    # Float32 as the official code (from bf16 or float32 weights); a float64 model (gradient
+    # checks) keeps float64 rather than rounding its loss to float32.
+    logits = logits if logits.dtype == torch.float64 else logits.float()
     ce = F.cross_entropy(logits, targets[scored], reduction="mean")
     loss = ce + aux_total if aux_loss else ce
     if keep_alive is not None:

@@ -24,7 +24,8 @@ def resize_clip_pos(pos: torch.Tensor, num_tokens: int) -> torch.Tensor:
     cls_pos, grid_pos = pos[:1], pos[1:]
     src = int(math.isqrt(grid_pos.shape[0]))
     dst = int(math.isqrt(num_tokens - 1))
-    x = grid_pos.reshape(1, src, src, -1).permute(0, 3, 1, 2).float()  # (1, C, G, G)
+    x = grid_pos.reshape(1, src, src, -1).permute(0, 3, 1, 2)
+    x = x.to(torch.promote_types(x.dtype, torch.float32))  # float32 (float64 stays)  (1, C, G, G)
     x = F.interpolate(x, size=(dst, dst), mode="bicubic", antialias=True, align_corners=False)
     x = x.to(pos.dtype).permute(0, 2, 3, 1).reshape(dst * dst, -1)
     return torch.cat([cls_pos, x], dim=0)

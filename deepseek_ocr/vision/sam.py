@@ -22,7 +22,8 @@ def resize_abs_pos(pos: torch.Tensor, grid: int) -> torch.Tensor:
     """
     if pos.shape[1] == grid:
         return pos
-    x = pos.permute(0, 3, 1, 2).float()  # (1, C, G, G)
+    x = pos.permute(0, 3, 1, 2)
+    x = x.to(torch.promote_types(x.dtype, torch.float32))  # float32 (float64 stays)  (1, C, G, G)
     x = F.interpolate(x, size=(grid, grid), mode="bicubic", antialias=True, align_corners=False)
     return x.to(pos.dtype).permute(0, 2, 3, 1)
 

@@ -8,6 +8,7 @@ compiled on a GPU (`DEEPSEEK_OCR_TEST_DEVICE=cuda`).
 from __future__ import annotations
 
 import pytest
+import torch
 
 from deepseek_ocr import kernels
 from deepseek_ocr.kernels import _common
@@ -31,8 +32,12 @@ def test_triton_path_reproduces_recorded_tokens(name, small_model, golden, share
             wrapped.append(counting)
         monkeypatch.setitem(kernels._IMPLS, op, wrapped)
     inp = small_model.prepare(shared_dir / c["image"], c["prompt"], mode=c["mode"])
-    res = small_model.generate(inp, max_new_tokens=12, no_repeat_ngram_size=35, fast=True)
+    # Four tokens: the prefill's and three decode steps already run every kernel; each interpreted
+    # step costs tens of seconds on a 2-core CI machine (all 12 are compared on the GPU suite).
+    n = 4 if not torch.cuda.is_available() else 12
+    res = small_model.generate(inp, max_new_tokens=n, no_repeat_ngram_size=35, fast=True)
     assert set(calls) == {"moe_route", "moe_experts", "attention_prefill", "attention_decode",
                           "sam_attention"}, calls
-    assert res.token_ids == f.get_tensor(f"{name}.output_ids").tolist()
-    assert res.text == c["text"]
+    assert res.token_ids == f.get_tensor(f"{name}.output_ids").tolist()[:n]
+    if n == 12:
+        assert res.text == c["text"]
