@@ -15,7 +15,7 @@ import torch
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 
-from ..weights.names import checkpoint_name, expand_param
+from ..weights.names import checkpoint_name, expand_param, official_module_name
 from .lora import (PEFT_PREFIX, AdapterError, LoraConfig, _matches, adapter_views, apply_lora,
                    lora_config, root_module, unload)
 
@@ -79,7 +79,7 @@ def saved_module_tensors(model, cfg: LoraConfig) -> Iterator[tuple[str, str, tor
         return
     root = root_module(model)
     for name, mod in root.named_modules():
-        official = checkpoint_name(name) if name else None
+        official = official_module_name(name) if name else None
         if official is None or not _matches(official, cfg.modules_to_save):
             continue
         for pname, p in mod.named_parameters(prefix=name):

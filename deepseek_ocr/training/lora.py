@@ -29,7 +29,7 @@ from torch import nn
 
 from ..decoder.moe import StackedExperts
 from ..errors import DeepseekOCRError
-from ..weights.names import checkpoint_name
+from ..weights.names import checkpoint_name, official_module_name
 
 # The Unsloth recipe's targets (TRAINING.md §3): attention and every MLP, experts included.
 DECODER_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
@@ -200,7 +200,7 @@ def find_targets(model, cfg: LoraConfig) -> list[Target]:
     root = root_module(model)
     targets, problems = [], []
     for name, mod in root.named_modules():
-        official = checkpoint_name(name) if name else None
+        official = official_module_name(name) if name else None
         if official is None:
             continue
         if type(mod) is nn.Linear and _selected(official, cfg):
@@ -338,7 +338,7 @@ def adapter_views(model) -> dict[str, torch.Tensor]:
     root = root_module(model)
     out = {}
     for name, mod in _adapted(root):
-        prefix = PEFT_PREFIX + checkpoint_name(name)
+        prefix = PEFT_PREFIX + official_module_name(name)
         if isinstance(mod, LoraLinear):
             out[f"{prefix}.lora_A.weight"] = mod.lora_A.weight.detach()
             out[f"{prefix}.lora_B.weight"] = mod.lora_B.weight.detach()

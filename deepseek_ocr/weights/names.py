@@ -54,6 +54,14 @@ def checkpoint_name(param: str) -> str | None:
     return None
 
 
+def official_module_name(path: str) -> str | None:
+    """The official name of a *module* path (no parameter leaf): `decoder.lm_head` -> `lm_head`,
+    `decoder.norm` -> `model.norm`. The prefixes end with a dot, so a top-level module's bare
+    path would not match them."""
+    name = checkpoint_name(path + ".")
+    return None if name is None else name[:-1]
+
+
 def slot_for(ckpt: str, moe_intermediate: int) -> Slot | None:
     """The module slot of a checkpoint tensor (None: the name is not part of the model)."""
     m = _EXPERT.match(ckpt)
