@@ -18,13 +18,9 @@ import torch
 from torch import nn
 
 from .. import kernels
+from .attention import rope_cos_sin, rotate_half
 from .model import Decoder
 from .static_cache import StaticKVCache
-
-
-def rotate_half(x: torch.Tensor) -> torch.Tensor:
-    x1, x2 = x.chunk(2, dim=-1)
-    return torch.cat([-x2, x1], dim=-1)
 
 
 class FastDecoder(nn.Module):
@@ -39,9 +35,6 @@ class FastDecoder(nn.Module):
         with torch.no_grad():
             self.qkv = [torch.cat([l.self_attn.q_proj.weight, l.self_attn.k_proj.weight,
                                    l.self_attn.v_proj.weight]) for l in decoder.layers]  # (3*nh*hd, H)
-        w = decoder.lm_head.weight
-        self.inv_freq = 1.0 / (cfg.rope_theta ** (torch.arange(0, self.head_dim, 2, dtype=torch.float32,
-                                                                device=w.device) / self.head_dim))
 
     def new_cache(self, batch: int, capacity: int) -> StaticKVCache:
         w = self.decoder.lm_head.weight
@@ -49,10 +42,8 @@ class FastDecoder(nn.Module):
                              min(capacity, self.cfg.max_position_embeddings), dtype=w.dtype, device=w.device)
 
     def _rope(self, positions: torch.Tensor, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
-        """cos/sin `[T, 1, head_dim]` for positions `[T]`, in float32 then cast (as the reference)."""
-        freqs = positions.float()[:, None] * self.inv_freq  # (T, hd/2)
-        emb = torch.cat([freqs, freqs], dim=-1)[:, None]
-        return emb.cos().to(dtype), emb.sin().to(dtype)
+        """cos/sin `[T, 1, head_dim]` for positions `[T]`: the reference's table (one position per row)."""
+        return rope_cos_sin(positions[:, None], self.head_dim, self.cfg.rope_theta, dtype)
 
     def _qkv(self, i: int, h: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor):
         t = h.shape[0]
