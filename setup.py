@@ -20,6 +20,9 @@ setup(
         "numpy>=1.24",
         "pypdfium2>=4.30",  # PDF pages (Apache-2.0/BSD; PyMuPDF would be AGPL)
         "tqdm>=4.66",  # the command's progress display
+        # Adapters (PEFT's adapter_model.safetensors) and training checkpoints are written with
+        # it; checkpoints themselves are read and written by our own code (see weights/).
+        "safetensors>=0.4",
     ],
     entry_points={"console_scripts": ["deepseek-ocr = deepseek_ocr.cli:main"]},
     extras_require={
