@@ -8,6 +8,17 @@ from pathlib import Path
 from typing import Any
 
 
+def parse_args(parser, argv: list[str] | None):
+    """The parsed arguments with logging set up, or the exit code argparse chose (`--help`: 0,
+    a usage error: 2) for the caller to return instead of letting SystemExit escape."""
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as exit_:
+        return int(exit_.code or 0)
+    setup_logging(args.verbose)
+    return args
+
+
 def setup_logging(verbose: bool) -> None:
     if not logging.getLogger().handlers:
         logging.basicConfig(level=logging.INFO if verbose else logging.WARNING,

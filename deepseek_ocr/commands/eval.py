@@ -14,7 +14,7 @@ import sys
 from pathlib import Path
 
 from . import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK, EXIT_USAGE
-from .common import format_metrics, say, setup_logging, write_json
+from .common import format_metrics, parse_args, say, write_json
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -46,11 +46,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    try:
-        args = build_parser().parse_args(argv)
-    except SystemExit as exit_:
-        return int(exit_.code or 0)
-    setup_logging(args.verbose)
+    args = parse_args(build_parser(), argv)
+    if isinstance(args, int):
+        return args
     for name in ("batch_size", "max_new_tokens", "max_samples"):
         value = getattr(args, name)
         if value is not None and value < 1:

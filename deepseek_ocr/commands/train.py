@@ -16,7 +16,7 @@ from pathlib import Path
 
 from ..training.config import DTYPES, PRESETS, SCHEDULES, TrainConfig, TrainConfigError
 from . import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK, EXIT_USAGE
-from .common import say, setup_logging, write_json
+from .common import parse_args, say, write_json
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -98,11 +98,9 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
 
 
 def main(argv: list[str] | None = None) -> int:
-    try:
-        args = build_parser().parse_args(argv)
-    except SystemExit as exit_:
-        return int(exit_.code or 0)
-    setup_logging(args.verbose)
+    args = parse_args(build_parser(), argv)
+    if isinstance(args, int):
+        return args
     try:
         cfg = config_from_args(args)
     except TrainConfigError as exc:

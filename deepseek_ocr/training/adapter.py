@@ -15,7 +15,7 @@ import torch
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 
-from ..weights.names import checkpoint_name, expand_param, official_module_name
+from ..weights.names import expand_param, official_module_name
 from .lora import (PEFT_PREFIX, AdapterError, LoraConfig, _matches, adapter_views, apply_lora,
                    lora_config, root_module, unload)
 

@@ -29,7 +29,7 @@ from torch import nn
 
 from ..decoder.moe import StackedExperts
 from ..errors import DeepseekOCRError
-from ..weights.names import checkpoint_name, official_module_name
+from ..weights.names import official_module_name
 
 # The Unsloth recipe's targets (TRAINING.md §3): attention and every MLP, experts included.
 DECODER_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
