@@ -199,7 +199,7 @@ def main(argv: list[str] | None = None) -> int:
         argv: the arguments (default sys.argv[1:]).
     """
     argv = sys.argv[1:] if argv is None else list(argv)
-    if argv and argv[0] in ("train", "eval"):  # subcommands (deepseek_ocr/commands); OCR a file so named as ./train
+    if argv and argv[0] in ("train", "eval", "research"):  # subcommands (deepseek_ocr/commands); OCR a file so named as ./train
         from .commands import dispatch
         return dispatch(argv[0], argv[1:])
     parser = build_parser()
