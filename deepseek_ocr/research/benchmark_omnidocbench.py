@@ -47,11 +47,15 @@ def _text_only(page: dict) -> dict:
 
 
 def _has_text(page: dict) -> bool:
+    """Whether a text-target page has a block to read: in reading order, not furniture, and not
+    an ignored block without text. (A non-ignored block missing its text counts, so that
+    `convert_page` reports it as the format error it is.)"""
     from ..training.data.omnidocbench import FURNITURE
     for block in page.get("layout_dets") or []:
-        if (isinstance(block, dict) and block.get("category_type") not in FURNITURE
-                and block.get("order") is not None and isinstance(block.get("text"), str)
-                and block["text"].strip()):
+        if not isinstance(block, dict) or block.get("category_type") in FURNITURE or block.get("order") is None:
+            continue
+        text = block.get("text")
+        if not block.get("ignore") or (isinstance(text, str) and text.strip()):
             return True
     return False
 

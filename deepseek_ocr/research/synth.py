@@ -200,7 +200,7 @@ def _write(path: Path, data: bytes) -> None:
 
 
 def make_synthetic_pages(folder: str | Path, *, targets: Sequence[int], count_tokens: TokenCounter,
-                         font_sizes: Sequence[int] = (20,), count: int = 1,
+                         font_sizes: Sequence[int] = (16,), count: int = 1,
                          geometry: PageGeometry = PageGeometry(), seed: int = 0,
                          text: str | None = None, font_path: str | Path | None = None,
                          tokenizer_name: str = "") -> list[dict[str, Any]]:
