@@ -101,6 +101,20 @@ def decode_attention(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tens
     return _dispatch("attention_decode", _decode_reference, q, k_cache, v_cache, seqlens)
 
 
+def paged_decode_attention(q: torch.Tensor, k_pool: torch.Tensor, v_pool: torch.Tensor,
+                           block_table: torch.Tensor, seqlens: torch.Tensor) -> torch.Tensor:
+    """One query per row over a paged cache: q `[B, heads, hd]`, pools `[num_blocks, heads,
+    block_size, hd]`, int32 `block_table [B, max_blocks]` and `seqlens [B]`; no host sync.
+
+    Row b's slot s is at block `block_table[b, s // block_size]`, offset `s % block_size`.
+    """
+    # Imported here, not at the top: the module imports this package (register), and its
+    # reference is needed even where Triton (and so the kernel-module import below) is absent.
+    from .attention_paged import paged_decode_attention_reference
+    return _dispatch("attention_paged_decode", paged_decode_attention_reference,
+                     q, k_pool, v_pool, block_table, seqlens)
+
+
 def sam_rel_attention(reference: Callable, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
                       rel_pos_h: torch.Tensor, rel_pos_w: torch.Tensor, hw: tuple[int, int]) -> torch.Tensor:
     """SAM attention with decomposed relative positions: q, k, v `[B, heads, h*w, head_dim]`.
@@ -114,7 +128,7 @@ def sam_rel_attention(reference: Callable, q: torch.Tensor, k: torch.Tensor, v: 
 # above on purpose: importing a submodule binds its name on this package. A missing Triton (or a module that fails to
 # import on this platform) leaves the reference path in place; it is logged, never fatal.
 _KERNEL_MODULES: tuple[str, ...] = ("moe_routing", "moe_grouped", "attention_prefill", "attention_decode",
-                                    "sam_attention")
+                                    "attention_paged", "sam_attention")
 
 if HAVE_TRITON:
     for _name in _KERNEL_MODULES:
