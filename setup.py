@@ -34,6 +34,7 @@ setup(
             "rapidfuzz>=3",  # the metric tests (deepseek_ocr.evaluation)
             "sacrebleu>=2",
             "pyarrow>=15",  # the Parquet reader's tests (deepseek_ocr.training.data)
+            "matplotlib>=3.5",  # the research harness's plots are drawn in its tests
         ],
         # Metrics (deepseek_ocr.evaluation): rapidfuzz's C++ Levenshtein for CER/WER/NED,
         # sacrebleu for BLEU.
@@ -43,6 +44,9 @@ setup(
         "kernels": ["triton>=3.2; platform_system == 'Linux' and platform_machine == 'x86_64'"],
         # Training data: pyarrow reads Parquet as Hugging Face datasets exports it.
         "train": ["pyarrow>=15"],
+        # `deepseek-ocr research` (deepseek_ocr.research): plots (matplotlib) and the metrics it
+        # records (the eval extra's rapidfuzz and sacrebleu). Chinese Fox word sets: add jieba.
+        "research": ["matplotlib>=3.5", "rapidfuzz>=3", "sacrebleu>=2"],
         # The learning run's plot (benchmarks/learning_run.py).
         "bench": ["matplotlib>=3.5"],
         # Optional for `deepseek-ocr train`: TensorBoard event files beside log.jsonl.
