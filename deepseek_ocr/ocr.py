@@ -15,6 +15,7 @@ import torch
 
 from .config import ModelConfig
 from .errors import DeepseekOCRError, PromptError
+from .engine.vision_batch import encode_prepared, prompt_embeddings
 from .generation.generate import GenerationResult, generate, stream
 from .modeling import DeepseekOCRModel
 from .processing.image_io import DEFAULT_MAX_PIXELS, load_image
@@ -188,34 +189,18 @@ class DeepseekOCR:
         return official_gradients(self.model)
 
     # ---------------------------------------------------------------------------- forward
-    @torch.inference_mode()
     def encode_images(self, batch: Sequence[PreparedInputs]) -> list[torch.Tensor | None]:
         """Vision rows `[n_i, hidden]` per input (None for text-only), batching equal view sizes.
 
         Inputs that carry `vision_rows` already are not encoded again.
         """
-        out: list[torch.Tensor | None] = [None] * len(batch)
-        groups: dict[tuple, list[int]] = {}
-        for i, inp in enumerate(batch):
-            if inp.vision_rows is not None:
-                out[i] = inp.vision_rows.to(device=self.device, dtype=self.dtype)
-            elif inp.has_image:
-                groups.setdefault(tuple(inp.global_view.shape[-2:]), []).append(i)
-        for idx in groups.values():
-            views = torch.cat([batch[i].global_view for i in idx]).to(self.device)
-            crops = [batch[i].crops.to(self.device) if batch[i].crops is not None else None for i in idx]
-            tiles = [tuple(batch[i].images_spatial_crop[0].tolist()) for i in idx]
-            for i, rows in zip(idx, self.model.vision(views, crops, tiles)):
-                out[i] = rows
-        return out
+        return encode_prepared(self.model, batch)
 
-    @torch.inference_mode()
     def embed(self, inputs: PreparedInputs, image_rows: torch.Tensor | None = None) -> torch.Tensor:
         """Input embeddings `[T, hidden]`: token embeddings with the vision rows in place."""
         if image_rows is None and inputs.has_image:
             image_rows = self.encode_images([inputs])[0]
-        ids = inputs.input_ids.to(self.device)
-        return self.model.merge_embeddings(ids, inputs.images_seq_mask.to(self.device), image_rows)
+        return prompt_embeddings(self.model, inputs, image_rows)
 
     @torch.inference_mode()
     def logits(self, inputs: PreparedInputs) -> torch.Tensor:

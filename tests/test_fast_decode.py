@@ -1,7 +1,8 @@
-"""The fast decode path (packed prefill, static cache, on-device rules) against the references.
+"""The engine (packed prefill, paged cache, on-device rules) against the references, on the
+recorded parity cases, and its n-gram rules against the host rules.
 
-On the CPU the loop runs eagerly (no CUDA graphs); the same code is captured on a GPU, where
-tests/test_fast_decode.py::test_graph_* run (skipped here).
+On the CPU the engine runs eagerly; the same code is captured as CUDA graphs on a GPU, where
+tests/test_engine_gpu.py runs (skipped here).
 """
 from __future__ import annotations
 
@@ -10,48 +11,55 @@ import random
 import pytest
 import torch
 
-from deepseek_ocr.decoder.static_cache import StaticKVCache
-from deepseek_ocr.generation.device_ngram import DeviceNoRepeatNGram
-from deepseek_ocr.generation.fast_loop import bucket_for
-from deepseek_ocr.generation.logits_processors import _reference_banned_ngram_tokens
+from deepseek_ocr.engine.graphs import bucket_for
+from deepseek_ocr.engine.ngram_rules import SlotNGramRule
+from deepseek_ocr.generation.logits_processors import WindowedNoRepeatNGram, _reference_banned_ngram_tokens
 
 CASES = ["tiny_receipt", "small_receipt", "base_page", "gundam_page", "gundam_tall"]
 
 
-@pytest.mark.parametrize("n", [2, 3, 5, 20])
-def test_device_ngram_matches_the_host_rule(n):
-    """Bans after every appended token equal the plain rule on prompt + output, per row."""
-    rng = random.Random(n)
+def test_slot_rule_matches_the_official_host_rule_per_row():
+    """Rows with different n (and one off) in one rule; bans after every appended token equal the
+    plain rule on prompt + output, row by row; rows loaded at different times."""
+    rng = random.Random(0)
     vocab = 6  # a small alphabet makes repeats (and bans) frequent
-    prompts = [[rng.randrange(vocab) for _ in range(length)] for length in (1, 9, 40, 3)]
+    sizes = [2, 3, 5, 20, 0, 1]
+    prompts = [[rng.randrange(vocab) for _ in range(length)] for length in (1, 9, 40, 3, 7, 4)]
     prompts[2][:20] = prompts[2][20:40]  # a long exact repeat inside the prompt
-    rule = DeviceNoRepeatNGram(n, len(prompts), 128, vocab, torch.device("cpu"))
-    rule.reset(prompts)
+    rule = SlotNGramRule(len(prompts) + 2, 128, vocab, torch.device("cpu"))
+    slots = [7, 0, 3, 1, 5, 2]  # rows live in arbitrary slots
+    for slot, n, p in zip(slots, sizes, prompts):
+        rule.load(slot, n, p)
     seqs = [list(p) for p in prompts]
+    index = torch.tensor(slots)
     for _ in range(60):
-        banned = torch.isinf(rule.ban(torch.zeros(len(seqs), vocab)))
-        for b, seq in enumerate(seqs):
-            expected = _reference_banned_ngram_tokens(seq, n)
+        banned = torch.isinf(rule.ban(torch.zeros(len(seqs), vocab), index))
+        for b, (seq, n) in enumerate(zip(seqs, sizes)):
+            expected = _reference_banned_ngram_tokens(seq, n) if n else set()
             assert set(torch.nonzero(banned[b]).flatten().tolist()) == expected, (b, len(seq))
         toks = [rng.randrange(vocab) for _ in seqs]
         for seq, t in zip(seqs, toks):
             seq.append(t)
+        rule.append(torch.tensor(toks), index)
+
+
+@pytest.mark.parametrize("n,window", [(3, 10), (2, 5), (4, 90)])
+def test_slot_rule_matches_the_windowed_host_rule(n, window):
+    rng = random.Random(n * window)
+    vocab = 5
+    whitelist = [1]
+    host = WindowedNoRepeatNGram(n, window, whitelist)
+    host.reset([[9, 9, 9]] * 3)  # the prompt does not count for this rule
+    rule = SlotNGramRule(3, 256, vocab, torch.device("cpu"))
+    for slot in range(3):
+        rule.load(slot, n, [], window=window, whitelist=whitelist)
+    for _ in range(120):
+        got = torch.isinf(rule.ban(torch.zeros(3, vocab)))
+        for b in range(3):
+            assert set(torch.nonzero(got[b]).flatten().tolist()) == host.banned_tokens(b)
+        toks = [rng.randrange(vocab) for _ in range(3)]
+        host.append(toks)
         rule.append(torch.tensor(toks))
-
-
-def test_static_cache_writes_and_grows():
-    cache = StaticKVCache(2, 3, 2, 4, 8, dtype=torch.float32, device="cpu")
-    k = torch.randn(5, 2, 4)
-    rows, slots = torch.tensor([0, 0, 1, 2, 2]), torch.tensor([0, 1, 0, 0, 1])
-    cache.write_packed(1, k, -k, rows, slots)
-    cache.seqlens[:] = torch.tensor([2, 1, 2], dtype=torch.int32)
-    step = torch.randn(3, 2, 4)
-    cache.write_step(1, step, step)
-    assert torch.equal(cache.k[1][0, :, 1], k[1]) and torch.equal(cache.v[1][2, :, 0], -k[3])
-    assert torch.equal(cache.k[1][0, :, 2], step[0]) and torch.equal(cache.k[1][1, :, 1], step[1])
-    big = cache.grown(20)
-    assert big.capacity == 20 and torch.equal(big.k[1][:, :, :8], cache.k[1])
-    assert torch.equal(big.seqlens, cache.seqlens) and not big.k[1][:, :, 8:].any()
 
 
 def test_buckets():
@@ -70,7 +78,7 @@ def prepared_all(small_model, golden, shared_dir, encoded_views):
     return batch
 
 
-def test_fast_loop_reproduces_the_recorded_tokens(small_model, golden, prepared_all):
+def test_engine_reproduces_the_recorded_tokens(small_model, golden, prepared_all):
     """All five official cases in one packed batch: 12 greedy tokens each, exactly as recorded."""
     f, cases = golden
     results = small_model.generate(prepared_all, max_new_tokens=12, no_repeat_ngram_size=35, fast=True)
@@ -79,7 +87,7 @@ def test_fast_loop_reproduces_the_recorded_tokens(small_model, golden, prepared_
         assert res.text == cases[name]["text"] and res.finish_reason == "length"
 
 
-def test_fast_loop_equals_reference_loop_with_rules(small_model, prepared_all):
+def test_engine_equals_reference_loop_with_rules(small_model, prepared_all):
     """Longer runs with the default n-gram rule, EOS forced mid-way for one row, sampling seeded."""
     batch = prepared_all[:2]
     ref = small_model.generate(batch, max_new_tokens=24, fast=False)
@@ -90,7 +98,7 @@ def test_fast_loop_equals_reference_loop_with_rules(small_model, prepared_all):
         small_model.generate(batch[0], **kw, fast=True).token_ids
 
 
-def test_fast_loop_stops_rows_at_eos(small_model, prepared_all, monkeypatch):
+def test_engine_stops_rows_at_eos(small_model, prepared_all, monkeypatch):
     """With EOS redefined as a token one row produces early, that row ends with "stop" before it
     (as on the reference loop) and the other row is unaffected."""
     inp = prepared_all[0]

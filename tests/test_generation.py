@@ -20,9 +20,9 @@ def forced_logits(model, edit):
     """Apply `edit(call_index, logits)` to the last-position logits `[B, V]` of every lm_head call
     (call 0 is the prefill), on the reference loop and on the fast loop alike.
 
-    Python hooks do not run when a CUDA graph replays, so the fast loop runs uncaptured here.
+    Python hooks do not run when a CUDA graph replays, so the engine runs uncaptured here.
     """
-    from deepseek_ocr.generation.fast_loop import DecodeEngine
+    from deepseek_ocr.engine import engine_for
     calls = [0]
 
     def hook(_module, _inp, out):
@@ -31,16 +31,16 @@ def forced_logits(model, edit):
         return out
 
     handle = model.model.decoder.lm_head.register_forward_hook(hook)
-    engine = getattr(model, "_decode_engine", None)
-    model._decode_engine = DecodeEngine(model, use_graphs=False)
+    graphs = engine_for(model.model, model.tokenizer).graphs
+    saved, graphs.use_graphs = graphs.use_graphs, False
     try:
         yield
     finally:
         handle.remove()
-        model._decode_engine = engine
+        graphs.use_graphs = saved
 
 
-FAST = pytest.mark.parametrize("fast", [False, True], ids=["reference_loop", "fast_loop"])
+FAST = pytest.mark.parametrize("fast", [False, True], ids=["reference_loop", "engine"])
 
 
 @pytest.fixture(scope="module")

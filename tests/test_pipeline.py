@@ -4,9 +4,14 @@ The model runs for real in custom 128:128 mode (7 vision tokens) and in `tiny`, 
 new tokens, so that pages cost about a second. Fault tests (out of memory, grounding output)
 swap `ocr.generate` for a stand-in, because they are about what the pipeline does around it.
 
+The checkpoint has the official vision tower and a narrow decoder (hidden 64, see `CKPT_ARGS`):
+these tests check what the pipeline and the command do around the model (batching, files,
+resume, token counts), none of which depends on the decoder's width, and at full width the
+decoder's embedding and head alone were 1.3 GB of float32 in every process that loads it (this
+one, and the command's subprocesses and torchrun ranks in test_cli.py).
+
 Set DEEPSEEK_OCR_PIPELINE_CKPT to a folder made by
-`make_random_checkpoint(folder, layers=2, experts=4, topk=2, dtype=torch.float32)` to skip
-the ~20 s rebuild.
+`make_random_checkpoint(folder, **CKPT_ARGS)` to skip the ~20 s rebuild.
 """
 from __future__ import annotations
 
@@ -22,6 +27,7 @@ import torch
 from PIL import Image, ImageDraw
 
 from deepseek_ocr import DeepseekOCR, GenerationResult, make_random_checkpoint
+from deepseek_ocr.engine import engine_for
 from deepseek_ocr.inputs import expand_inputs, iter_pages
 from deepseek_ocr.pipeline import ProgressReporter, run_job, run_pages, shard
 from deepseek_ocr.pipeline.runner import OutOfMemoryError
@@ -32,6 +38,8 @@ FAST = Mode(128, 128, False, name="fast")  # 2x2 vision tokens: the cheapest mod
 GEN = {"max_new_tokens": 4}
 
 _CKPT: dict[str, Path] = {}  # one checkpoint folder per session, for both test files
+CKPT_ARGS = dict(layers=2, experts=4, topk=2, dtype=torch.float32, hidden_size=64, heads=2,
+                 intermediate_size=128, moe_intermediate_size=32)
 
 
 def checkpoint_folder(tmp_path_factory) -> Path:
@@ -42,7 +50,7 @@ def checkpoint_folder(tmp_path_factory) -> Path:
     if "ckpt" not in _CKPT:
         folder = tmp_path_factory.getbasetemp() / "pipeline_ckpt"
         if not (folder / "config.json").is_file():
-            make_random_checkpoint(folder, layers=2, experts=4, topk=2, dtype=torch.float32)
+            make_random_checkpoint(folder, **CKPT_ARGS)
         _CKPT["ckpt"] = folder
     return _CKPT["ckpt"]
 
@@ -58,11 +66,9 @@ def load_model(folder: Path) -> DeepseekOCR:
 
 @pytest.fixture(scope="module")
 def ocr(ckpt) -> DeepseekOCR:
-    """The model, for this module only: about 3 GB in float32, so it must not outlive the
-    module (a session-wide copy stayed resident while every later test file ran)."""
-    model = load_model(ckpt)
-    yield model
-    del model
+    """The model, for this module only: 1.7 GB in float32 (the vision tower), so it must not
+    outlive the module (a session-wide copy stayed resident while every later test file ran)."""
+    return load_model(ckpt)
 
 
 # ------------------------------------------------------------------------------ inputs
@@ -505,3 +511,24 @@ def test_a_second_range_keeps_the_earlier_pages(ocr, tmp_path, monkeypatch):
     assert [(e["page"], e["status"], e.get("earlier", False)) for e in summary["pages"]] == [
         (1, "ok", True), (2, "ok", True), (4, "ok", False)]
     assert summary["totals"]["pages"] == 1 and summary["totals"]["earlier"] == 2
+
+
+def test_continuous_run_equals_the_static_windows(ocr, tmp_path):
+    """Five pages through the engine, two at a time (a page joins as soon as one ends), against
+    the same pages through the reference loop in windows: same tokens, same order, same files."""
+    sizes = [(90, 70), (70, 90), (100, 100), (64, 120), (120, 64)]
+    for i, size in enumerate(sizes):
+        make_image(tmp_path / f"p{i}.png", size)
+    pages = pages_of(*(tmp_path / f"p{i}.png" for i in range(len(sizes))))
+    static = list(run_pages(ocr, pages, mode=FAST, batch_size=2, workers=1, out_dir=tmp_path / "a",
+                            max_new_tokens=6, fast=False))
+    flowing = list(run_pages(ocr, pages, mode=FAST, batch_size=2, workers=1, out_dir=tmp_path / "b",
+                             max_new_tokens=6))
+    assert [o.page for o in flowing] == pages
+    assert [o.result.token_ids for o in flowing] == [o.result.token_ids for o in static]
+    assert all(o.status == "ok" and o.result.finish_reason == "length" for o in flowing)
+    for o in flowing:
+        name = o.page.document.name
+        assert (tmp_path / "b" / name / "page-0001.md").read_text(encoding="utf-8") == \
+            (tmp_path / "a" / name / "page-0001.md").read_text(encoding="utf-8")
+    assert not engine_for(ocr.model, ocr.tokenizer).has_work

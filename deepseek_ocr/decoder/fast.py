@@ -4,9 +4,10 @@ Same weights and the same function as `Decoder` (which stays the reference), arr
 
 * Prefill packs the prompts of a batch end to end (`[N, hidden]`, `cu_seqlens`), so no compute
   is spent on padding, and runs causal attention per sequence (`kernels.prefill_attention`).
-* A decode step takes one token per row and reads each row's keys from a `StaticKVCache`
-  (`kernels.decode_attention`). Every tensor shape depends only on the batch size and the cache
-  capacity, and nothing asks the host for a value, so the step can be captured in a CUDA graph.
+* A decode step takes one token per row and reads each row's keys from the cache it is given
+  (the engine's paged cache, `engine.paged_cache.PagedBatch`: `positions`, `write_step`,
+  `attend`, `advance`). Every tensor shape depends only on the batch size and the cache's
+  fixed sizes, and nothing asks the host for a value, so the step can be captured in a CUDA graph.
 * q, k and v are one matmul (weights concatenated once, here; the checkpoint keeps them apart).
 
 The MoE layers go through the same kernel seam as the reference (`kernels.moe_route`,
@@ -20,7 +21,6 @@ from torch import nn
 from .. import kernels
 from .attention import rope_cos_sin, rotate_half
 from .model import Decoder
-from .static_cache import StaticKVCache
 
 
 class FastDecoder(nn.Module):
@@ -35,11 +35,6 @@ class FastDecoder(nn.Module):
         with torch.no_grad():
             self.qkv = [torch.cat([l.self_attn.q_proj.weight, l.self_attn.k_proj.weight,
                                    l.self_attn.v_proj.weight]) for l in decoder.layers]  # (3*nh*hd, H)
-
-    def new_cache(self, batch: int, capacity: int) -> StaticKVCache:
-        w = self.decoder.lm_head.weight
-        return StaticKVCache(self.cfg.num_layers, batch, self.heads, self.head_dim,
-                             min(capacity, self.cfg.max_position_embeddings), dtype=w.dtype, device=w.device)
 
     def _rope(self, positions: torch.Tensor, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
         """cos/sin `[T, 1, head_dim]` for positions `[T]`: the reference's table (one position per row)."""
@@ -61,14 +56,16 @@ class FastDecoder(nn.Module):
 
     @torch.inference_mode()
     def prefill(self, embeds: torch.Tensor, cu_seqlens: torch.Tensor, max_seqlen: int,
-                cache: StaticKVCache) -> torch.Tensor:
-        """Run packed prompts and fill rows 0..B-1 of `cache` from slot 0.
+                cache, slots: torch.Tensor) -> torch.Tensor:
+        """Run packed prompts and store their keys in rows `slots` of `cache`, from slot 0.
 
         Args:
             embeds: `[N, hidden]`, the B prompts end to end.
             cu_seqlens: int32 `[B+1]` on the device, prompt b is rows cu[b]..cu[b+1]-1.
             max_seqlen: the longest prompt (a Python int).
-            cache: a cache with at least B rows and max_seqlen slots; its seqlens are set.
+            cache: holds `write_packed(layer, k, v, rows, positions)` and `seqlens`; the rows
+                must already own room for their prompts.
+            slots: int64 `[B]`, the cache row of each prompt; their seqlens are set.
         Returns:
             float32 logits `[B, vocab]` at each prompt's last position.
         """
@@ -77,31 +74,32 @@ class FastDecoder(nn.Module):
         lengths = cu_seqlens[1:] - cu_seqlens[:-1]
         rows = torch.repeat_interleave(torch.arange(b, device=embeds.device), lengths, output_size=n)
         positions = torch.arange(n, device=embeds.device) - cu_seqlens[:-1].long()[rows]  # (N,)
+        cache_rows = slots[rows]
         cos, sin = self._rope(positions, embeds.dtype)
         x = embeds
         for i, layer in enumerate(self.decoder.layers):
             q, k, v = self._qkv(i, layer.input_layernorm(x), cos, sin)
-            cache.write_packed(i, k, v, rows, positions)
+            cache.write_packed(i, k, v, cache_rows, positions)
             attn = kernels.prefill_attention(q, k, v, cu_seqlens, max_seqlen)  # (N, nh, hd)
             x = x + layer.self_attn.o_proj(attn.reshape(n, -1))
             x = self._mlp(layer, x)
-        cache.seqlens[:b] = lengths.to(torch.int32)
+        cache.seqlens[slots] = lengths.to(torch.int32)
         return self._logits(x[cu_seqlens[1:].long() - 1])
 
-    def step(self, tokens: torch.Tensor, cache: StaticKVCache) -> torch.Tensor:
-        """One token per row (`tokens [B]`) at slot `cache.seqlens`; advances seqlens; logits `[B, V]`.
+    def step(self, tokens: torch.Tensor, batch) -> torch.Tensor:
+        """One token per row (`tokens [B]`) at position `batch.positions()`; logits `[B, V]`.
 
-        Fixed shapes, no host reads: safe to capture in a CUDA graph.
+        `batch` stores the new keys (`write_step`), attends over each row's cache (`attend`) and
+        then advances the rows (`advance`). Fixed shapes, no host reads: capturable.
         """
         x = self.decoder.embed_tokens(tokens)  # (B, hidden)
         b = x.shape[0]
-        cos, sin = self._rope(cache.seqlens, x.dtype)
-        lengths = cache.seqlens + 1
+        cos, sin = self._rope(batch.positions(), x.dtype)
         for i, layer in enumerate(self.decoder.layers):
             q, k, v = self._qkv(i, layer.input_layernorm(x), cos, sin)  # (B, nh, hd)
-            cache.write_step(i, k, v)
-            attn = kernels.decode_attention(q, cache.k[i], cache.v[i], lengths)
+            batch.write_step(i, k, v)
+            attn = batch.attend(i, q)
             x = x + layer.self_attn.o_proj(attn.reshape(b, -1))
             x = self._mlp(layer, x)
-        cache.seqlens.add_(1)
+        batch.advance()
         return self._logits(x)

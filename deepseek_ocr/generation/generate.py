@@ -11,17 +11,14 @@ ngram_window=90` with `<td>`/`</td>` exempt (`ngram_whitelist`, default from the
 from __future__ import annotations
 
 import logging
-import os
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Iterator, Sequence
 
 import torch
 
-from ..errors import ContextLengthError, GenerationError
+from ..errors import GenerationError
 from .detokenize import IncrementalDetokenizer
-from .fast_loop import fast_decode_steps
-from .fast_loop import supports as fast_supports
-from .fast_loop import supports_model as fast_supports_model
+from ..engine import GenerationOptions, Request, engine_for, supports_model
 from .logits_processors import NoRepeatNGram, RepetitionDetector, WindowedNoRepeatNGram
 from .sampling import check_finite, select_next_tokens
 
@@ -32,7 +29,6 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 FINISH_REASONS = ("stop", "length", "repetition", "error")
-TABLE_CELL_TOKENS = ("<td>", "</td>")
 
 
 @dataclass
@@ -66,78 +62,43 @@ class GenerationResult:
         return len(self.token_ids) / self.valid_vision_tokens
 
 
-@dataclass
-class _Options:
-    max_new_tokens: int | None = None
-    temperature: float = 0.0
-    top_p: float | None = None
-    top_k: int | None = None
-    seed: int | None = None
-    no_repeat_ngram_size: int | None = 20
-    windowed_ngram_size: int | None = None
-    ngram_window: int = 90
-    ngram_whitelist: Sequence[int] | None = None
-    stop_on_repetition: bool = False
-    ignore_eos: bool = False
-    fast: bool | None = None  # the device loop (fast_loop.py); None: on CUDA unless DEEPSEEK_OCR_FAST=0
-
-
-def _check_budget(batch: Sequence["PreparedInputs"], opts: _Options, context: int) -> int:
-    longest = max(inp.num_tokens for inp in batch)
-    if longest > context:
-        raise ContextLengthError(f"the prompt has {longest} tokens (image tokens included), more than "
-                                 f"the model's context of {context}")
-    if opts.max_new_tokens is None:
-        return context - longest
-    if isinstance(opts.max_new_tokens, bool) or not isinstance(opts.max_new_tokens, int) \
-            or opts.max_new_tokens <= 0:
-        raise GenerationError(f"max_new_tokens must be a positive integer, got {opts.max_new_tokens!r}")
-    if longest + opts.max_new_tokens > context:
-        raise ContextLengthError(f"prompt ({longest} tokens) + max_new_tokens ({opts.max_new_tokens}) = "
-                                 f"{longest + opts.max_new_tokens} exceeds the context of {context}; "
-                                 f"at most {context - longest} new tokens fit")
-    return opts.max_new_tokens
-
-
-def _processors(ocr: "DeepseekOCR", opts: _Options) -> list:
+def _processors(ocr: "DeepseekOCR", opts: GenerationOptions) -> list:
     procs = []
     if opts.no_repeat_ngram_size:
         procs.append(NoRepeatNGram(opts.no_repeat_ngram_size))
     if opts.windowed_ngram_size:
-        whitelist = opts.ngram_whitelist
-        if whitelist is None:
-            whitelist = [i for i in map(ocr.tokenizer.token_to_id, TABLE_CELL_TOKENS) if i is not None]
-        procs.append(WindowedNoRepeatNGram(opts.windowed_ngram_size, opts.ngram_window, whitelist))
+        procs.append(WindowedNoRepeatNGram(opts.windowed_ngram_size, opts.window,
+                                           opts.whitelist(ocr.tokenizer.token_to_id)))
     return procs
 
 
-def _use_fast(opts: _Options, device: torch.device) -> bool:
-    wanted = opts.fast
-    if wanted is None:
-        wanted = device.type == "cuda" and os.environ.get("DEEPSEEK_OCR_FAST", "1") != "0"
-    if wanted and not fast_supports(opts):
-        logger.info("windowed n-gram / repetition detection run on the reference loop")
+def _use_engine(ocr: "DeepseekOCR", opts: GenerationOptions) -> bool:
+    if opts.fast is False:
         return False
-    return bool(wanted)
+    if not supports_model(ocr.model):
+        if opts.fast:
+            raise GenerationError("fast=True cannot run a model with unmerged LoRA factors (the engine "
+                                  "fuses q/k/v weights): merge the adapter, or pass fast=False")
+        logger.info("unmerged LoRA factors: generating with the reference loop")
+        return False
+    return True
 
 
-def decode_steps(ocr: "DeepseekOCR", batch: Sequence["PreparedInputs"], opts: _Options
+def decode_steps(ocr: "DeepseekOCR", batch: Sequence["PreparedInputs"], opts: GenerationOptions
                  ) -> Iterator[tuple[list[int], list[str | None], list[str | None]]]:
-    """Yield, per step, (token per row, reason ending each row at this step, error per row).
+    """The reference loop (static batch, plain torch, host-side rules). Yield, per step, (token per row, reason ending each row at this step, error per row).
 
     A row's token is meaningful only while the row is still generating. A row that ends at this
     step with "stop" produced EOS (not part of the output); with "length" or "repetition" its
     token is the last one of the output. A row with an error at this step produced no token.
     """
     model, tok = ocr.model, ocr.tokenizer
-    budget = _check_budget(batch, opts, model.cfg.decoder.max_position_embeddings)
+    context = model.cfg.decoder.max_position_embeddings
+    budget = opts.budget(max(inp.num_tokens for inp in batch), context)  # the batch shares one limit
     device = ocr.device
     generator = None
     if opts.seed is not None:
         generator = torch.Generator(device=device).manual_seed(int(opts.seed))
-    if _use_fast(opts, device) and fast_supports_model(ocr):
-        yield from fast_decode_steps(ocr, batch, opts, budget, generator)
-        return
     procs = _processors(ocr, opts)
     for p in procs:
         p.reset([inp.input_ids.tolist() for inp in batch])
@@ -201,19 +162,31 @@ def decode_steps(ocr: "DeepseekOCR", batch: Sequence["PreparedInputs"], opts: _O
             next_pos = next_pos + 1
 
 
-def _options(kwargs: dict) -> _Options:
-    unknown = set(kwargs) - set(_Options.__dataclass_fields__)
-    if unknown:
-        raise TypeError(f"unknown generation argument(s): {sorted(unknown)}")
-    return _Options(**kwargs)
+def _options(kwargs: dict) -> GenerationOptions:
+    return GenerationOptions.from_kwargs(kwargs)
+
+
+def _engine_run(ocr: "DeepseekOCR", batch: Sequence["PreparedInputs"], opts: GenerationOptions) -> list[Request]:
+    context = ocr.model.cfg.decoder.max_position_embeddings
+    for inp in batch:  # every input checked before any is queued
+        opts.budget(inp.num_tokens, context)
+    eng = engine_for(ocr.model, ocr.tokenizer)
+    reqs = [eng.submit(inp, opts) for inp in batch]
+    try:
+        eng.run(reqs)
+    finally:
+        eng.abort(reqs)  # an interrupt (or an error) leaves nothing of this call in the engine
+    return reqs
 
 
 def generate(ocr: "DeepseekOCR", batch: Sequence["PreparedInputs"], **kwargs) -> list[GenerationResult]:
-    """Generate for every input of `batch`; results in input order. See `_Options` for kwargs."""
+    """Generate for every input of `batch`; results in input order. See `GenerationOptions`."""
     opts = _options(kwargs)
     n = len(batch)
     if n == 0:
         return []
+    if _use_engine(ocr, opts):
+        return [make_result(ocr, r.inputs, r.token_ids, r.finish_reason, r.error) for r in _engine_run(ocr, batch, opts)]
     tokens: list[list[int]] = [[] for _ in range(n)]
     reasons: list[str | None] = [None] * n
     errors: list[str | None] = [None] * n
@@ -227,10 +200,10 @@ def generate(ocr: "DeepseekOCR", batch: Sequence["PreparedInputs"], **kwargs) ->
             if step_reasons[i] != "stop":
                 tokens[i].append(ids[i])
             reasons[i] = step_reasons[i]
-    return [_result(ocr, inp, tokens[i], reasons[i], errors[i]) for i, inp in enumerate(batch)]
+    return [make_result(ocr, inp, tokens[i], reasons[i], errors[i]) for i, inp in enumerate(batch)]
 
 
-def _result(ocr: "DeepseekOCR", inp: "PreparedInputs", ids: list[int], reason: str | None,
+def make_result(ocr: "DeepseekOCR", inp: "PreparedInputs", ids: list[int], reason: str | None,
             error: str | None) -> GenerationResult:
     raw = ocr.tokenizer.decode(ids)
     return GenerationResult(text=raw.strip(), token_ids=ids, finish_reason=reason or "length",
@@ -241,16 +214,43 @@ def _result(ocr: "DeepseekOCR", inp: "PreparedInputs", ids: list[int], reason: s
 class TextStream:
     """An iterator of text pieces; `.result` holds the `GenerationResult` once exhausted."""
 
-    def __init__(self, ocr: "DeepseekOCR", inputs: "PreparedInputs", opts: _Options):
+    def __init__(self, ocr: "DeepseekOCR", inputs: "PreparedInputs", opts: GenerationOptions):
         self._ocr, self._inputs, self._opts = ocr, inputs, opts
         self.result: GenerationResult | None = None
-        self._it = self._run()
+        if _use_engine(ocr, opts):
+            opts.budget(inputs.num_tokens, ocr.model.cfg.decoder.max_position_embeddings)
+            self._it = self._run_engine()
+        else:
+            self._it = self._run()
 
     def __iter__(self) -> "TextStream":
         return self
 
     def __next__(self) -> str:
         return next(self._it)
+
+    def _run_engine(self) -> Iterator[str]:
+        """Steps the model's engine until this request's next piece of text is known (other
+        requests in the engine progress meanwhile)."""
+        eng = engine_for(self._ocr.model, self._ocr.tokenizer)
+        detok = IncrementalDetokenizer(self._ocr.tokenizer.decode)
+        fresh: list[int] = []
+        req = eng.submit(self._inputs, self._opts, listener=lambda r, ids: fresh.extend(ids))
+        try:
+            while not req.finished or fresh:
+                if not fresh:
+                    eng.step()
+                    continue
+                piece = "".join(detok.push(t) for t in fresh)
+                fresh.clear()
+                if piece:
+                    yield piece
+        finally:
+            eng.abort([req])
+        tail = detok.flush()
+        if tail:
+            yield tail
+        self.result = make_result(self._ocr, self._inputs, req.token_ids, req.finish_reason, req.error)
 
     def _run(self) -> Iterator[str]:
         detok = IncrementalDetokenizer(self._ocr.tokenizer.decode)
@@ -269,7 +269,7 @@ class TextStream:
         tail = detok.flush()
         if tail:
             yield tail
-        self.result = _result(self._ocr, self._inputs, list(detok.ids), reason, error)
+        self.result = make_result(self._ocr, self._inputs, list(detok.ids), reason, error)
 
 
 def stream(ocr: "DeepseekOCR", inputs: "PreparedInputs", **kwargs) -> TextStream:

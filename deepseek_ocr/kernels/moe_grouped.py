@@ -10,9 +10,10 @@ grids (no host sync, CUDA-graph capturable):
   A `_gate_up_kernel`: per (block of BLOCK_M pairs of one expert, BLOCK_N columns of I) both the
     gate and the up tile, so x is read once for both; writes `silu(gate) * up` `[rows, I]` in the
     sorted row order, rounded once to x's dtype.
-  B `_down_kernel`: per (block of pairs, BLOCK_N columns of H) multiplies by `down[e]`, scales by
-    the routing weight and writes the result at its pair's row of `[N*k, H]`.
-  C `_combine_kernel`: sums each token's k rows in float32. Deterministic, unlike float32 atomics
+  B `_down_kernel`: per (block of pairs, BLOCK_N columns of H) multiplies by `down[e]` and writes
+    the product, rounded to x's dtype, at its pair's row of `[N*k, H]`.
+  C `_combine_kernel`: weights each token's k rows by their float32 routing weights and sums them
+    in float32 (the reference's order: unweighted product rounded, weighted sum in float32). Deterministic, unlike float32 atomics
     into `[N, H]`, whose order of additions would change from run to run.
 Programs of unused blocks (expert -1) return at once. Grid order puts the row blocks fastest, so
 programs that run together share one weight tile in L2 when an expert has several blocks.
@@ -132,7 +133,7 @@ def _gate_up_kernel(x_ptr, w_ptr, h_ptr, sorted_pairs_ptr, block_expert_ptr, n_m
 
 
 @triton.jit
-def _down_kernel(h_ptr, w_ptr, out_ptr, weights_ptr, sorted_pairs_ptr, block_expert_ptr, n_mblocks,
+def _down_kernel(h_ptr, w_ptr, out_ptr, sorted_pairs_ptr, block_expert_ptr, n_mblocks,
                  n_pairs, stride_h, stride_we, stride_wr, stride_o,
                  HIDDEN: tl.constexpr, INTER: tl.constexpr,
                  BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
@@ -166,14 +167,14 @@ def _down_kernel(h_ptr, w_ptr, out_ptr, weights_ptr, sorted_pairs_ptr, block_exp
             acc = tl.dot(a, b, acc)
         a_ptrs += BLOCK_K
         b_ptrs += BLOCK_K
-    w = tl.load(weights_ptr + pair, mask=valid, other=0.0)  # (BM,) float32 routing weights
-    acc = acc * w[:, None]
+    # Unweighted, rounded once to x's dtype (the reference's `h @ down[e]`); the float32 routing
+    # weight is applied in the combine, as the reference weights and sums in float32.
     tl.store(out_ptr + pair[:, None].to(tl.int64) * stride_o + cols[None, :],
              acc.to(out_ptr.dtype.element_ty), mask=valid[:, None] & col_ok[None, :])
 
 
 @triton.jit
-def _combine_kernel(src_ptr, y_ptr, n_tokens, HIDDEN: tl.constexpr, TOP_K: tl.constexpr,
+def _combine_kernel(src_ptr, weights_ptr, y_ptr, n_tokens, HIDDEN: tl.constexpr, TOP_K: tl.constexpr,
                     BLOCK_T: tl.constexpr, BLOCK_H: tl.constexpr):
     tokens = tl.program_id(0) * BLOCK_T + tl.arange(0, BLOCK_T)
     cols = tl.program_id(1) * BLOCK_H + tl.arange(0, BLOCK_H)
@@ -182,7 +183,8 @@ def _combine_kernel(src_ptr, y_ptr, n_tokens, HIDDEN: tl.constexpr, TOP_K: tl.co
     acc = tl.zeros((BLOCK_T, BLOCK_H), dtype=tl.float32)
     for j in tl.static_range(TOP_K):  # fixed order: the same sum every run
         part = tl.load(src_ptr + (rows + j)[:, None] * HIDDEN + cols[None, :], mask=ok, other=0.0)
-        acc += part.to(tl.float32)
+        w = tl.load(weights_ptr + rows + j, mask=tokens < n_tokens, other=0.0)  # (BT,) float32
+        acc += part.to(tl.float32) * w[:, None]
     tl.store(y_ptr + tokens.to(tl.int64)[:, None] * HIDDEN + cols[None, :],
              acc.to(y_ptr.dtype.element_ty), mask=ok)
 
@@ -241,17 +243,17 @@ def moe_experts_triton(x: torch.Tensor, weights: torch.Tensor, ids: torch.Tensor
         x.stride(0), gate_up.stride(0), gate_up.stride(1), h.stride(0),
         HIDDEN=hidden, INTER=inter, TOP_K=top_k, BLOCK_M=tiles.block_m, BLOCK_N=bn, BLOCK_K=bk,
         EVEN_K=hidden % bk == 0, IEEE=ieee, num_warps=warps, num_stages=stages)
-    per_pair = torch.empty((n_pairs, hidden), dtype=x.dtype, device=x.device)  # (N*k, H), weighted
+    per_pair = torch.empty((n_pairs, hidden), dtype=x.dtype, device=x.device)  # (N*k, H), unweighted
     bn, bk, warps, stages = tiles.b
     _down_kernel[(n_mblocks * triton.cdiv(hidden, bn),)](
-        h, down, per_pair, weights, grouping.sorted_pairs, grouping.block_expert, n_mblocks, n_pairs,
+        h, down, per_pair, grouping.sorted_pairs, grouping.block_expert, n_mblocks, n_pairs,
         h.stride(0), down.stride(0), down.stride(1), per_pair.stride(0),
         HIDDEN=hidden, INTER=inter, BLOCK_M=tiles.block_m, BLOCK_N=bn, BLOCK_K=bk,
         EVEN_K=inter % bk == 0, IEEE=ieee, num_warps=warps, num_stages=stages)
     # The interpreter pays per program, not per element: fewer, larger tiles there.
     block_t, block_h = (64 if interpreting() else 8), min(triton.next_power_of_2(hidden), 256)
     _combine_kernel[(triton.cdiv(n, block_t), triton.cdiv(hidden, block_h))](
-        per_pair, y, n, HIDDEN=hidden, TOP_K=top_k, BLOCK_T=block_t, BLOCK_H=block_h, num_warps=4)
+        per_pair, weights, y, n, HIDDEN=hidden, TOP_K=top_k, BLOCK_T=block_t, BLOCK_H=block_h, num_warps=4)
     return y
 
 

@@ -40,7 +40,8 @@ from typing import Callable, Iterable, Iterator, Sequence
 import torch
 
 from ..errors import DeepseekOCRError, PromptError
-from ..generation.generate import GenerationResult, generate
+from ..engine import GenerationOptions, engine_for, supports_model
+from ..generation.generate import GenerationResult, generate, make_result
 from ..inputs import PageRef
 from ..ocr import DEFAULT_PROMPT
 from ..postprocess import PageRender, render_page
@@ -108,6 +109,7 @@ class _Slot:
         self.redone: str | None = None
         self.run: dict = {}
         self.timings: dict[str, float] = {}
+        self.request = None  # the engine request (continuous runs)
 
     def fail(self, error_type: str, message: str) -> None:
         self.error = (error_type, message)
@@ -143,6 +145,10 @@ def _steps_to(ocr, watch) -> Iterator[None]:
         yield
     finally:
         handle.remove()
+
+
+def _result_of(ocr, req) -> GenerationResult:
+    return make_result(ocr, req.inputs, req.token_ids, req.finish_reason, req.error)
 
 
 def _describe_page(page: PageRef) -> str:
@@ -341,6 +347,108 @@ class _Runner:
             self._expected = {}
             for page in pages:
                 self._expected[page.document.name] = self._expected.get(page.document.name, 0) + 1
+        if self._continuous():
+            return self._run_continuous(pages)
+        return self._run_static(pages)
+
+    def _continuous(self) -> bool:
+        """The engine runs the pages, unless the reference loop was asked for (`fast=False`), the
+        model carries unmerged LoRA factors (only the reference loop honours them), or this
+        object's `generate` was replaced (a wrapper or a test double): then pages go through
+        that `generate` in windows of `batch_size`."""
+        model = getattr(self.ocr, "model", None)
+        replaced = "generate" in vars(self.ocr)
+        return self.gen_kwargs.get("fast") is not False and not replaced \
+            and isinstance(model, torch.nn.Module) and supports_model(model)
+
+    def _run_continuous(self, pages: Iterable[PageRef]) -> Iterator[PageOutcome]:
+        """Pages stream through the engine: up to `batch_size` of them decode at once, a new one
+        joins the moment one ends, and outcomes leave in input order as soon as they are done."""
+        eng = engine_for(self.ocr.model, self.ocr.tokenizer)
+        opts = GenerationOptions.from_kwargs(self.gen_kwargs)
+        it = iter(pages)
+        pending: deque[_Slot] = deque()  # prepared (or preparing) pages, not yet given to the engine
+        order: deque[_Slot] = deque()  # given out, in input order, waiting to be emitted
+        exhausted = False
+        in_engine = 0
+        pool = ThreadPoolExecutor(self.workers, thread_name_prefix="deepseek-ocr-prepare") \
+            if self.workers > 0 else None
+
+        def fill() -> None:
+            nonlocal exhausted
+            while not exhausted and len(pending) < self.lookahead:
+                try:
+                    page = next(it)
+                except StopIteration:
+                    exhausted = True
+                    return
+                pending.append(self._new_slot(page, pool))
+
+        def finished(slot: _Slot, req) -> None:
+            nonlocal in_engine
+            in_engine -= 1
+            slot.timings.update(generate_s=req.finished_at - req.submitted_at, batch_size=self.batch_size)
+            slot.result = _result_of(self.ocr, req)
+            if req.finish_reason == "error":
+                slot.fail("GenerationError", req.error or "generation failed")
+
+        def done(slot: _Slot) -> bool:
+            return slot.skipped is not None or slot.error is not None or slot.result is not None
+
+        try:
+            with self.watch.batch(self.batch_size):
+                while True:
+                    fill()
+                    while pending and in_engine < self.batch_size:
+                        head = pending[0]
+                        if hasattr(head.future, "done") and not head.future.done() and eng.has_work:
+                            break  # the engine has work: decode on while the page is prepared
+                        slot = pending.popleft()
+                        if slot.future is not None:
+                            self._resolve(slot)
+                        if slot.skipped is None and slot.error is None:
+                            try:
+                                slot.request = eng.submit(slot.inputs, opts, listener=lambda r, ids, s=slot:
+                                           finished(s, r) if r.finished else None)
+                                in_engine += 1
+                            except DeepseekOCRError as err:
+                                slot.fail(type(err).__name__, str(err))
+                        order.append(slot)
+                        fill()
+                    while order and done(order[0]):
+                        yield self._emit(order.popleft())
+                    if not order and not pending and exhausted:
+                        break
+                    if eng.has_work:
+                        try:
+                            eng.step()
+                        except OutOfMemoryError as err:
+                            self._out_of_memory(eng, order, err)
+                        self.watch.step()
+            for name in list(self._docs):
+                self._close_document(name)
+        finally:
+            eng.abort([s.request for s in order if s.request is not None])
+            if pool is not None:
+                pool.shutdown(wait=True, cancel_futures=True)
+
+    def _out_of_memory(self, eng, order, err) -> None:
+        """A step ran out of memory: the pages in the engine fail with the reason, the engine's
+        work is dropped, and later pages go in fewer at a time."""
+        reqs = list(eng.running.values()) + list(eng.waiting)
+        eng.abort(reqs)
+        message = f"out of memory with {len(reqs)} pages in the engine: {err}"
+        for slot in order:
+            if slot.result is not None and slot.result.finish_reason == "cancelled":
+                slot.result = None
+                slot.fail("OutOfMemoryError", message)
+        if self.ocr.device.type == "cuda":
+            torch.cuda.empty_cache()
+        self.batch_size = max(1, self.batch_size // 2)
+        logger.warning("%s; continuing with %d pages at a time", message, self.batch_size)
+
+    def _run_static(self, pages: Iterable[PageRef]) -> Iterator[PageOutcome]:
+        """Windows of `batch_size` pages, one `ocr.generate` call each (the reference loop's way)."""
         it = iter(pages)
         pending: deque[_Slot] = deque()
         exhausted = False

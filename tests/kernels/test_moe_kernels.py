@@ -148,6 +148,26 @@ def test_experts_match_float64_reference(n, h, inter, e, k, dtype, tiles, allowe
     torch.testing.assert_close(y.double(), _f64_reference(x, weights, ids, gate_up, down), rtol=tol, atol=tol)
 
 
+def test_experts_round_like_the_reference_before_weighting():
+    """A case built so the order of rounding shows: the product 1 + 2^-11 rounds (to even) to 1.0
+    in float16, and weighted by 3 it is 3.0; weighting first gives 3 + 3*2^-11, which float16 rounds
+    to 3 + 2^-9. The reference (`StackedExperts`: unweighted product in x's dtype, weights and sum
+    in float32) and the kernel must both give exactly 3.0."""
+    h = inter = 16
+    x = torch.zeros(1, h)
+    x[0, 0] = 1.0
+    gate_up = torch.zeros(1, 2 * inter, h)
+    gate_up[0, :2, 0] = 16.0  # gate 16: silu(16) = 16 in float16
+    gate_up[0, inter:inter + 2, 0] = 0.0625  # up 1/16: h = [1, 1, 0, ...]
+    down = torch.zeros(1, h, inter)
+    down[0, :, 0] = 1.0
+    down[0, :, 1] = 2.0 ** -11  # each output: 1 * 1 + 1 * 2^-11
+    weights, ids = torch.tensor([[3.0]]), torch.tensor([[0]])
+    args = [t.to(device) for t in (x.half(), weights, ids, gate_up.half(), down.half())]
+    assert moe_experts_reference(*args).float().unique().tolist() == [3.0]
+    assert moe_experts_triton(*args).float().unique().tolist() == [3.0]
+
+
 def test_fused_moe_with_empty_experts_and_renormalisation():
     n, h, inter, e, k = 33, 64, 32, 16, 4
     x = tokens(n, h, seed=5)

@@ -1,0 +1,46 @@
+"""The inference engine: continuous batching over a paged KV cache (see `engine.Engine`).
+
+`engine_for(model, tokenizer)` keeps one engine per model and builds a new one when what it
+copied from the model changed: the fused q/k/v weights (an optimizer step, an adapter merged, a
+load, a `.to()`), or the `DEEPSEEK_OCR_COMPILE` switch.
+"""
+from __future__ import annotations
+
+import os
+
+from .engine import Engine
+from .options import GenerationOptions
+from .request import FINISH_REASONS, Request
+
+__all__ = ["Engine", "GenerationOptions", "Request", "FINISH_REASONS", "engine_for", "supports_model"]
+
+
+def supports_model(model) -> bool:
+    """False while LoRA factors are attached unmerged: the fast step fuses the plain q/k/v
+    weights and would silently leave the adapter out (the reference loop honours it)."""
+    return not any(getattr(m, "carries_lora", False) for m in model.decoder.modules())
+
+
+def _signature(model) -> tuple:
+    sig = [os.environ.get("DEEPSEEK_OCR_COMPILE", "0")]
+    for layer in model.decoder.layers:
+        for p in (layer.self_attn.q_proj.weight, layer.self_attn.k_proj.weight, layer.self_attn.v_proj.weight):
+            sig.append((id(p), p._version, p.device, p.dtype))
+    return tuple(sig)
+
+
+def engine_for(model, tokenizer, **engine_kwargs) -> Engine:
+    """The model's engine (made on first use; rebuilt when its copied weights are stale).
+
+    `engine_kwargs` (see `Engine`) apply when an engine is built; a different set rebuilds it.
+    """
+    sig = (_signature(model), tuple(sorted(engine_kwargs.items())))
+    eng = getattr(model, "_engine", None)
+    if eng is None or getattr(model, "_engine_signature", None) != sig or eng.tokenizer is not tokenizer:
+        if eng is not None and eng.has_work:
+            from ..errors import GenerationError
+            raise GenerationError("the model's weights changed while its engine still had requests running")
+        model._engine = None  # drop the old engine's cache before allocating the new one
+        eng = Engine(model, tokenizer, **engine_kwargs)
+        model._engine, model._engine_signature = eng, sig
+    return eng

@@ -1,0 +1,110 @@
+"""The n-gram ban rules on the device, one row per engine slot, each row with its own settings.
+
+Both rules the engine offers are one computation with different parameters:
+
+* the official `no_repeat_ngram_size` n: no n-gram may occur twice in prompt + output;
+* vLLM's windowed rule (n, window, whitelist): over generated ids only, no n-gram may repeat
+  one that starts within the last `window` ids; whitelisted ids are never banned.
+
+Per row the state is the id history `s` and a match-length vector
+
+    match[j] = length of the longest common suffix of s[..j] and s[..L-1]  (j < L-1, capped at n-1)
+
+where L is the row's length. Token s[t] is banned next when match[t-1] >= n-1 (the n-1 ids
+before t equal the last n-1 ids), t < L, and, for the windowed rule, the n-gram's start
+t-n+1 >= L - window. Appending id x: match'[j] = min(match[j-1] + 1, n-1) if s[j] == x else 0.
+No data-dependent shapes and no host reads, so a step stays asynchronous. A row with n = 0 bans
+nothing. Tested against the host rules (`generation.logits_processors`) on random sequences.
+"""
+from __future__ import annotations
+
+from typing import Sequence
+
+import torch
+
+_NO_WINDOW = 1 << 30
+
+
+class SlotNGramRule:
+    """One ban rule for up to `slots` rows of `capacity` ids each."""
+
+    def __init__(self, slots: int, capacity: int, vocab: int, device: torch.device | str):
+        self.vocab, self.capacity = vocab, capacity
+        self.history = torch.full((slots, capacity), -1, dtype=torch.long, device=device)
+        self.match = torch.zeros(slots, capacity, dtype=torch.int32, device=device)
+        self.lengths = torch.zeros(slots, dtype=torch.long, device=device)
+        self.n = torch.zeros(slots, dtype=torch.int32, device=device)  # 0: the row bans nothing
+        self.window = torch.full((slots,), _NO_WINDOW, dtype=torch.long, device=device)
+        self.whitelist: torch.Tensor | None = None  # bool [slots, vocab], made on first use
+        self._pos = torch.arange(capacity, device=device)
+
+    def load(self, slot: int, n: int, ids: Sequence[int], window: int | None = None,
+             whitelist: Sequence[int] = ()) -> None:
+        """Start row `slot` with history `ids` (n = 0: off). Host-to-device copies only."""
+        ids = list(ids)
+        if len(ids) > self.capacity:
+            raise ValueError(f"{len(ids)} ids exceed the n-gram buffer of {self.capacity}")
+        dev = self.history.device
+        self.history[slot].fill_(-1)
+        self.match[slot].zero_()
+        self.n[slot] = n
+        self.window[slot] = _NO_WINDOW if window is None else window
+        self.lengths[slot] = len(ids)
+        if self.whitelist is not None:
+            self.whitelist[slot].zero_()
+        if whitelist:
+            if self.whitelist is None:
+                self.whitelist = torch.zeros(self.history.shape[0], self.vocab, dtype=torch.bool, device=dev)
+            self.whitelist[slot, torch.tensor(list(whitelist), device=dev)] = True
+        if not ids or n <= 0:
+            if ids:
+                self.history[slot, :len(ids)] = torch.tensor(ids, dtype=torch.long, device=dev)
+            return
+        hist = torch.tensor(ids, dtype=torch.long, device=dev)
+        self.history[slot, :len(ids)] = hist
+        # match[j] from scratch: the common-suffix length of s[..j] and s[..last], up to n-1.
+        last = len(ids) - 1
+        j = torch.arange(len(ids), device=dev)
+        run = j < last
+        total = torch.zeros(len(ids), dtype=torch.int32, device=dev)
+        for k in range(n - 1):
+            if last - k < 0:
+                break
+            src = j - k
+            run = run & (src >= 0) & (hist[src.clamp(min=0)] == hist[last - k])
+            total += run.int()
+        self.match[slot, :len(ids)] = total
+
+    def ban(self, logits: torch.Tensor, slots: torch.Tensor | None = None) -> torch.Tensor:
+        """Set the banned ids of each row to -inf in place; row r of `logits` is slot `slots[r]`
+        (default: slot r)."""
+        rows = logits.shape[0]
+        pick = (lambda t: t[:rows]) if slots is None else (lambda t: t.index_select(0, slots))
+        history, match, lengths = pick(self.history), pick(self.match), pick(self.lengths)
+        n, window = pick(self.n).long(), pick(self.window)
+        before = torch.nn.functional.pad(match[:, :-1], (1, 0))  # match[t-1]; 0 at t = 0
+        t = self._pos[None, :]
+        hit = (n[:, None] > 0) & (before >= (n - 1)[:, None]) & (t < lengths[:, None])
+        hit &= t - n[:, None] + 1 >= lengths[:, None] - window[:, None]
+        cols = torch.where(hit, history, self.vocab)  # column `vocab` absorbs the misses
+        banned = torch.zeros(rows, self.vocab + 1, dtype=torch.bool, device=logits.device)
+        banned.scatter_(1, cols, True)
+        banned = banned[:, :self.vocab]
+        if self.whitelist is not None:
+            banned &= ~pick(self.whitelist)
+        return logits.masked_fill_(banned, float("-inf"))
+
+    def append(self, tokens: torch.Tensor, slots: torch.Tensor | None = None) -> None:
+        """Append one id per row (`tokens [R]`) to slots `slots` (default 0..R-1)."""
+        rows = tokens.shape[0]
+        if slots is None:
+            slots = torch.arange(rows, device=tokens.device)
+        history, match = self.history.index_select(0, slots), self.match.index_select(0, slots)
+        n = self.n.index_select(0, slots)
+        eq = history == tokens[:, None]  # slots at or past the length hold -1, never equal
+        shifted = torch.nn.functional.pad(match[:, :-1], (1, 0))
+        cap = (n - 1).clamp(min=0)[:, None]
+        self.match.index_copy_(0, slots, torch.where(eq, torch.minimum(shifted + 1, cap), 0).to(torch.int32))
+        pos = self.lengths.index_select(0, slots).clamp(max=self.capacity - 1)
+        self.history.index_put_((slots, pos), tokens)
+        self.lengths.index_add_(0, slots, torch.ones_like(pos))

@@ -1,0 +1,125 @@
+"""A paged KV cache: fixed-size blocks from one pool, and a block table per engine slot.
+
+Memory follows the tokens actually held: a request owns ceil(length / block_size) blocks, taken
+from a free list as it grows and returned the moment it ends, instead of a row of the longest
+possible length. Per layer the pools are `[num_blocks, heads, block_size, head_dim]` (a block of
+one head is a contiguous tile for the attention kernel). Slot s of row r lives at block
+`table[r, s // block_size]`, offset `s % block_size`.
+
+Block 0 is never handed out: rows without a request (the padding of a CUDA-graph bucket) point
+every table entry at it, so their writes land there and nobody reads them.
+
+The host owns allocation (a Python free list); the device holds the table and the lengths, so a
+decode step reads and writes them without asking the host (CUDA-graph capturable).
+"""
+from __future__ import annotations
+
+import torch
+
+from .. import kernels
+
+
+class CacheFullError(RuntimeError):
+    """No free block: the engine preempts a request (internal, never reaches a user)."""
+
+
+class PagedKVCache:
+    def __init__(self, num_layers: int, slots: int, heads: int, head_dim: int, *, num_blocks: int,
+                 block_size: int, context: int, dtype: torch.dtype, device: torch.device | str):
+        if block_size < 1 or block_size & (block_size - 1):
+            raise ValueError(f"block_size must be a power of two, got {block_size}")
+        if num_blocks < 2:
+            raise ValueError(f"the pool needs at least 2 blocks (block 0 is scratch), got {num_blocks}")
+        self.block_size, self.num_blocks, self.slots = block_size, num_blocks, slots
+        self.max_blocks = -(-context // block_size)
+        shape = (num_blocks, heads, block_size, head_dim)
+        self.k = [torch.zeros(shape, dtype=dtype, device=device) for _ in range(num_layers)]
+        self.v = [torch.zeros(shape, dtype=dtype, device=device) for _ in range(num_layers)]
+        self.table = torch.zeros(slots, self.max_blocks, dtype=torch.int32, device=device)
+        self.seqlens = torch.zeros(slots, dtype=torch.int32, device=device)  # filled slots per row
+        self.active = torch.zeros(slots, dtype=torch.int32, device=device)  # 1: advances per step
+        self._free = list(range(num_blocks - 1, 0, -1))  # pop() hands out low ids first
+        self._owned: list[list[int]] = [[] for _ in range(slots)]
+
+    @staticmethod
+    def bytes_per_block(num_layers: int, heads: int, head_dim: int, block_size: int, dtype: torch.dtype) -> int:
+        return 2 * num_layers * heads * block_size * head_dim * torch.finfo(dtype).bits // 8
+
+    @property
+    def free_blocks(self) -> int:
+        return len(self._free)
+
+    def blocks_for(self, tokens: int) -> int:
+        return -(-tokens // self.block_size)
+
+    def owned(self, slot: int) -> int:
+        return len(self._owned[slot])
+
+    def reserve(self, slot: int, tokens: int) -> None:
+        """Make row `slot` hold blocks for `tokens` slots; CacheFullError (nothing taken) if the
+        pool cannot."""
+        want = self.blocks_for(tokens)
+        if want > self.max_blocks:
+            raise ValueError(f"{tokens} tokens exceed the context of {self.max_blocks * self.block_size}")
+        have = self._owned[slot]
+        extra = want - len(have)
+        if extra <= 0:
+            return
+        if extra > len(self._free):
+            raise CacheFullError(f"{extra} blocks wanted, {len(self._free)} free")
+        new = [self._free.pop() for _ in range(extra)]
+        self.table[slot, len(have):want] = torch.tensor(new, dtype=torch.int32).to(self.table.device)
+        have.extend(new)
+
+    def release(self, slot: int) -> None:
+        """Give row `slot`'s blocks back and point it at the scratch block."""
+        self._free.extend(reversed(self._owned[slot]))
+        self._owned[slot] = []
+        self.table[slot].zero_()
+        self.seqlens[slot] = 0
+        self.active[slot] = 0
+
+    # ------------------------------------------------------------------ the decoder's side
+    def write_packed(self, layer: int, k: torch.Tensor, v: torch.Tensor, rows: torch.Tensor,
+                     positions: torch.Tensor) -> None:
+        """Prefill store: `k, v [N, heads, head_dim]` of packed tokens; token i belongs to table
+        row `rows[i]` at logical slot `positions[i]`."""
+        blocks = self.table[rows, positions // self.block_size].long()
+        offsets = positions % self.block_size
+        self.k[layer][blocks, :, offsets] = k
+        self.v[layer][blocks, :, offsets] = v
+
+
+class PagedBatch:
+    """The first `rows` table rows seen as one decode batch (views: stable addresses for graphs).
+
+    The protocol `FastDecoder.step` uses: `positions`, `write_step`, `attend`, `advance`.
+    """
+
+    def __init__(self, cache: PagedKVCache, rows: int, blocks: int | None = None):
+        """`blocks`: read only the first `blocks` table columns (an eager step whose rows the
+        host knows to be shorter; a captured step reads them all)."""
+        self.cache, self.rows = cache, rows
+        self.seqlens = cache.seqlens[:rows]
+        self.table = cache.table[:rows] if blocks is None else cache.table[:rows, :blocks]
+        self.active = cache.active[:rows]
+        self._row_ids = torch.arange(rows, device=cache.table.device)
+
+    def positions(self) -> torch.Tensor:
+        return self.seqlens
+
+    def write_step(self, layer: int, k: torch.Tensor, v: torch.Tensor) -> None:
+        """Row r's new k/v at its slot `seqlens[r]` (not yet advanced)."""
+        c = self.cache
+        pos = self.seqlens.long()
+        blocks = self.table[self._row_ids, pos // c.block_size].long()
+        offsets = pos % c.block_size
+        c.k[layer][blocks, :, offsets] = k
+        c.v[layer][blocks, :, offsets] = v
+
+    def attend(self, layer: int, q: torch.Tensor) -> torch.Tensor:
+        c = self.cache
+        return kernels.paged_decode_attention(q, c.k[layer], c.v[layer], self.table, self.seqlens + 1)
+
+    def advance(self) -> None:
+        self.seqlens.add_(self.active)

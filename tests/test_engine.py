@@ -1,0 +1,227 @@
+"""The continuous-batching engine on a tiny random model (CPU, float32).
+
+References: the plain reference loop (`fast=False`, a static batch with host-side rules) run on
+each request alone, a contiguous-cache attention written with `scaled_dot_product_attention`,
+and the documented contracts (slots freed, finish reasons).
+"""
+from __future__ import annotations
+
+import contextlib
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from deepseek_ocr.engine import Engine, GenerationOptions, engine_for
+from deepseek_ocr.engine.paged_cache import PagedBatch, PagedKVCache
+from deepseek_ocr.errors import GenerationError
+from tiny_model import tiny_model
+
+PROMPTS = ["The capital of France is", "def main():\n\tpass", "year 2026, price $1299.99",
+           "<|User|>: hello<|Assistant|>:", "a b c d e f g h i j k l m n o p", "Zebra"]
+
+
+@pytest.fixture(scope="module")
+def ocr():
+    return tiny_model(seed=3)
+
+
+def alone(ocr, prompt: str, **kw):
+    """The reference loop on one request: the definition the engine must reproduce."""
+    return ocr.generate(None, prompt=prompt, fast=False, **kw)
+
+
+def options(**kw) -> GenerationOptions:
+    return GenerationOptions(**kw)
+
+
+@contextlib.contextmanager
+def edited_logits(ocr, edit):
+    """`edit(logits)` on every lm_head output (hooks run: the CPU engine is eager)."""
+    handle = ocr.model.decoder.lm_head.register_forward_hook(lambda m, i, out: edit(out))
+    try:
+        yield
+    finally:
+        handle.remove()
+
+
+def test_paged_cache_matches_a_contiguous_cache():
+    """Prefill and step writes through block tables, then attention read through them, against
+    the same keys kept contiguously per row and attended with SDPA."""
+    torch.manual_seed(0)
+    heads, hd, bs = 2, 16, 16
+    cache = PagedKVCache(1, 4, heads, hd, num_blocks=40, block_size=bs, context=256,
+                         dtype=torch.float32, device="cpu")
+    lengths = [5, 16, 33, 1]
+    for slot, n in enumerate(lengths):
+        cache.reserve(slot, n + 1)
+    # Interleave ownership so that rows own non-contiguous blocks.
+    cache.reserve(2, 70)
+    cache.reserve(0, 40)
+    rows = torch.cat([torch.full((n,), s) for s, n in enumerate(lengths)])
+    positions = torch.cat([torch.arange(n) for n in lengths])
+    k, v = torch.randn(len(rows), heads, hd), torch.randn(len(rows), heads, hd)
+    cache.write_packed(0, k, v, rows, positions)
+    cache.seqlens[:] = torch.tensor(lengths, dtype=torch.int32)
+    cache.active[:] = 1
+    batch = PagedBatch(cache, 4)
+    k_new, v_new, q = (torch.randn(4, heads, hd) for _ in range(3))
+    batch.write_step(0, k_new, v_new)
+    out = batch.attend(0, q)
+    batch.advance()
+    assert cache.seqlens.tolist() == [n + 1 for n in lengths]
+    start = 0
+    for s, n in enumerate(lengths):
+        ks = torch.cat([k[start:start + n], k_new[s:s + 1]]).transpose(0, 1)  # (heads, n+1, hd)
+        vs = torch.cat([v[start:start + n], v_new[s:s + 1]]).transpose(0, 1)
+        ref = F.scaled_dot_product_attention(q[s][:, None].double(), ks.double(), vs.double())[:, 0]
+        torch.testing.assert_close(out[s].double(), ref, rtol=1e-6, atol=1e-6)
+        start += n
+    blocks = set()
+    for s in range(4):
+        owned = cache.table[s, :cache.owned(s)].tolist()
+        assert 0 not in owned and not blocks & set(owned)  # block 0 is scratch; no sharing
+        blocks |= set(owned)
+    free = cache.free_blocks
+    cache.release(2)
+    assert cache.free_blocks == free + cache.blocks_for(70) and cache.table[2].eq(0).all()
+
+
+def test_requests_joining_and_leaving_mid_run(ocr, monkeypatch):
+    """Requests admitted while others decode, one cancelled, one ending at EOS, one at its
+    limit, one faulted with NaN: every survivor's tokens equal its run alone."""
+    eng = Engine(ocr.model, ocr.tokenizer, max_slots=4, use_graphs=False)
+    limits = [9, 4, 12, 7, 6, 5]
+    refs = [alone(ocr, p, max_new_tokens=n) for p, n in zip(PROMPTS, limits)]
+    prep = [ocr.prepare(None, p) for p in PROMPTS]
+    first = [eng.submit(prep[i], options(max_new_tokens=limits[i])) for i in range(3)]
+    for _ in range(3):
+        eng.step()
+    # Token 2 of request 3 becomes its EOS: it must stop there ("stop", EOS not in the output).
+    eos_for_3 = refs[3].token_ids[2]
+    late = [eng.submit(prep[i], options(max_new_tokens=limits[i])) for i in range(3, 6)]
+    eng.cancel(first[1])
+    nan_target = late[2]
+    seen = {"steps": 0}
+
+    def poison(logits):  # late[2]'s 3rd decode row becomes NaN
+        if nan_target.slot is not None and len(nan_target.token_ids) >= 2 and logits.shape[0] > nan_target.slot:
+            logits[nan_target.slot, 0] = float("nan")
+        seen["steps"] += 1
+
+    monkeypatch.setattr(ocr.tokenizer, "eos_id", eos_for_3)
+    with edited_logits(ocr, poison):
+        eng.run(first + late)
+    assert first[1].finish_reason == "cancelled" and first[1].slot is None
+    for i in (0, 2, 4):
+        req = (first + late)[i]
+        assert req.token_ids == refs[i].token_ids and req.finish_reason == "length", i
+    assert late[0].finish_reason == "stop" and late[0].token_ids == refs[3].token_ids[:2]
+    assert late[2].finish_reason == "error" and "NaN" in late[2].error
+    assert late[2].token_ids == refs[5].token_ids[:len(late[2].token_ids)]
+    assert not eng.running and not eng.waiting and eng.cache.free_blocks == eng.cache.num_blocks - 1
+
+
+def test_per_request_rules_and_sampling_in_one_batch(ocr):
+    """Four settings side by side: the official rule with its own n, vLLM's windowed rule with a
+    whitelist, seeded sampling, and no rule at all; each equals its run alone."""
+    td = ocr.tokenizer.token_to_id("<td>")
+    settings = [dict(no_repeat_ngram_size=3),
+                dict(no_repeat_ngram_size=None, windowed_ngram_size=2, ngram_window=8, ngram_whitelist=[td]),
+                dict(temperature=0.9, top_p=0.8, top_k=40, seed=11),
+                dict(no_repeat_ngram_size=None)]
+    favourite = 777
+
+    def prefer(logits):  # repeating one token is what the rules must stop
+        logits[..., favourite] += 30.0
+
+    with edited_logits(ocr, prefer):
+        refs = [alone(ocr, PROMPTS[i], max_new_tokens=10, **kw) for i, kw in enumerate(settings)]
+        eng = engine_for(ocr.model, ocr.tokenizer)
+        reqs = [eng.submit(ocr.prepare(None, PROMPTS[i]), options(max_new_tokens=10, **kw))
+                for i, kw in enumerate(settings)]
+        eng.run(reqs)
+    assert [r.token_ids for r in reqs] == [r.token_ids for r in refs]
+    assert refs[3].token_ids == [favourite] * 10  # without a rule the preference wins every time
+    assert refs[0].token_ids.count(favourite) < 10 and refs[1].token_ids.count(favourite) < 10
+
+
+def test_seeded_request_is_the_same_alone_in_a_batch_and_in_a_padded_bucket(ocr):
+    # top_k keeps the draw clear of float32 noise: a batched and a single matmul may differ in the
+    # last bit, which over 129k near-equal probabilities (random weights) can move a boundary.
+    kw = dict(max_new_tokens=12, temperature=0.8, top_k=20, seed=5)
+    eng = Engine(ocr.model, ocr.tokenizer, max_slots=8, use_graphs=False)
+    solo = eng.submit(ocr.prepare(None, PROMPTS[0]), options(**kw))
+    eng.run([solo])
+    trio = [eng.submit(ocr.prepare(None, p), options(**{**kw, "seed": s}))
+            for p, s in ((PROMPTS[1], 1), (PROMPTS[0], 5), (PROMPTS[2], 2))]
+    eng.run(trio)
+    # Slots 0..4 busy with others: the request lands in slot 5 of a bucket of 8 (rows 6, 7 padding).
+    others = [eng.submit(ocr.prepare(None, p), options(max_new_tokens=20)) for p in PROMPTS[1:6]]
+    eng.step()
+    padded = eng.submit(ocr.prepare(None, PROMPTS[0]), options(**kw))
+    eng.run(others + [padded])
+    assert trio[1].token_ids == solo.token_ids == padded.token_ids
+    assert trio[0].token_ids != solo.token_ids
+    assert alone(ocr, PROMPTS[0], **kw).token_ids == solo.token_ids  # = the reference loop, seeded
+
+
+def test_cache_growth_and_preemption_keep_outputs(ocr):
+    """A pool of 4 blocks of 16 that may grow to 9: six requests of ~20 tokens plus 24 new ones
+    cannot all fit, so the pool grows, then requests are preempted and prefilled again; every
+    output still equals its run alone."""
+    eng = Engine(ocr.model, ocr.tokenizer, max_slots=6, block_size=16, initial_blocks=4, max_blocks=9,
+                 use_graphs=False)
+    refs = [alone(ocr, p, max_new_tokens=24, no_repeat_ngram_size=None) for p in PROMPTS]
+    reqs = [eng.submit(ocr.prepare(None, p), options(max_new_tokens=24, no_repeat_ngram_size=None))
+            for p in PROMPTS]
+    eng.run(reqs)
+    assert eng.stats["pool_growths"] >= 1 and eng.stats["preemptions"] >= 1
+    assert [r.token_ids for r in reqs] == [r.token_ids for r in refs]
+    assert all(r.finish_reason == "length" for r in reqs)
+
+
+def test_a_request_larger_than_the_whole_pool_fails_alone(ocr):
+    eng = Engine(ocr.model, ocr.tokenizer, max_slots=2, block_size=16, initial_blocks=2, max_blocks=2,
+                 use_graphs=False)
+    big = eng.submit(ocr.prepare(None, PROMPTS[4] * 3), options(max_new_tokens=4))
+    small = eng.submit(ocr.prepare(None, "Hi"), options(max_new_tokens=4))
+    eng.run([big, small])
+    assert big.finish_reason == "error" and "cannot hold" in big.error
+    assert small.finish_reason == "length" and len(small.token_ids) == 4
+
+
+def test_stream_through_the_engine_equals_generate(ocr):
+    stream = ocr.stream(None, prompt=PROMPTS[2], max_new_tokens=8)
+    text = "".join(stream)
+    ref = alone(ocr, PROMPTS[2], max_new_tokens=8)
+    assert stream.result.token_ids == ref.token_ids and text == ref.raw_text
+
+
+def test_options_are_validated_not_dropped():
+    with pytest.raises(GenerationError, match="windowed_ngram_size"):
+        GenerationOptions(ngram_window=50)
+    with pytest.raises(GenerationError, match="windowed_ngram_size"):
+        GenerationOptions(ngram_whitelist=[1])
+    with pytest.raises(GenerationError, match="temperature"):
+        GenerationOptions(temperature=-1)
+    with pytest.raises(TypeError, match="unknown generation argument"):
+        GenerationOptions.from_kwargs({"beams": 2})
+
+
+def test_engine_is_rebuilt_when_weights_change(ocr):
+    eng = engine_for(ocr.model, ocr.tokenizer)
+    assert engine_for(ocr.model, ocr.tokenizer) is eng
+    before = ocr.generate(None, prompt=PROMPTS[0], max_new_tokens=4).token_ids
+    q = ocr.model.decoder.layers[0].self_attn.q_proj.weight
+    with torch.no_grad():
+        saved = q.clone()
+        q.mul_(3.0)  # an in-place update, as an optimizer step makes
+    try:
+        assert engine_for(ocr.model, ocr.tokenizer) is not eng
+        assert ocr.generate(None, prompt=PROMPTS[0], max_new_tokens=4).token_ids == \
+            alone(ocr, PROMPTS[0], max_new_tokens=4).token_ids
+    finally:
+        with torch.no_grad():
+            q.copy_(saved)
+    assert ocr.generate(None, prompt=PROMPTS[0], max_new_tokens=4).token_ids == before
