@@ -29,18 +29,17 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
+from .compression import StudyResult, protocol_fixed, run_context, seed_everything
 from .errors import ResearchError
 from .pages import Page
 from .plots import plot_forgetting
 from .predictors import Predictor
-from .records import RecordStore, write_protocol
+from .records import RecordStore, load_records, read_protocol, write_protocol
 from .scoring import PRECISION_DEFINITIONS, PRECISIONS
 from .settings import Setting
-from .compression import StudyResult, protocol_fixed, run_context, seed_everything
+from .sweep import ProgressCallback, run_sweep
 from .synth import PageGeometry, load_font, render_page
 from .synth_text import fit_to_tokens, generate_paragraphs
-from .records import load_records, read_protocol
-from .sweep import ProgressCallback, run_sweep
 from .tables import Table, mean
 
 ROUNDS_FILE = "rounds.json"

@@ -62,7 +62,7 @@ class Predictor(Protocol):
     def describe(self) -> dict[str, Any]: ...
 
 
-def _failed(page: Page, setting: Setting, error: str) -> Prediction:
+def _failed(error: str) -> Prediction:
     return Prediction(text="", output_tokens=0, finish_reason="error", vision_tokens=0, layout_tokens=0,
                       valid_vision_tokens=0, error=error)
 
@@ -99,7 +99,7 @@ class ModelPredictor:
                 prepared.append(self.ocr.prepare(page.image, self.prompt, mode=setting.mode))
                 where.append(i)
             except DeepseekOCRError as exc:
-                out[i] = _failed(page, setting, f"{type(exc).__name__}: {exc}")
+                out[i] = _failed(f"{type(exc).__name__}: {exc}")
         if prepared:
             start = time.perf_counter()
             results = self.ocr.generate(prepared, **self.generation)
@@ -171,7 +171,7 @@ class OraclePredictor:
             try:
                 figures = vision_figures(setting.mode, image_size(page))
             except ResearchError as exc:
-                out.append(_failed(page, setting, f"{type(exc).__name__}: {exc}"))
+                out.append(_failed(f"{type(exc).__name__}: {exc}"))
                 continue
             text = normalize_omnidocbench(page.reference)
             count = math.floor(self.edit_rate * len(text) + 0.5)
