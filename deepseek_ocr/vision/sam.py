@@ -47,9 +47,10 @@ def get_rel_pos(q_size: int, k_size: int, rel_pos: torch.Tensor) -> torch.Tensor
     return table[relative.long()]
 
 
-def rel_pos_bias(q: torch.Tensor, rel_pos_h: torch.Tensor, rel_pos_w: torch.Tensor,
-                 hw: tuple[int, int]) -> torch.Tensor:
-    """Decomposed relative-position bias `[B, h*w, h*w]` from the *unscaled* query `[B, h*w, C]`."""
+def rel_pos_terms(q: torch.Tensor, rel_pos_h: torch.Tensor, rel_pos_w: torch.Tensor,
+                  hw: tuple[int, int]) -> tuple[torch.Tensor, torch.Tensor]:
+    """The two decomposed terms `[B, h*w, kh]` and `[B, h*w, kw]` of the bias of `rel_pos_bias`
+    (query rows in row-major grid order), from the *unscaled* query `[B, h*w, C]`."""
     h, w = hw
     r_h = get_rel_pos(h, h, rel_pos_h)  # (h, h, C)
     r_w = get_rel_pos(w, w, rel_pos_w)  # (w, w, C)
@@ -57,19 +58,60 @@ def rel_pos_bias(q: torch.Tensor, rel_pos_h: torch.Tensor, rel_pos_w: torch.Tens
     r_q = q.reshape(b, h, w, c)
     bias_h = torch.einsum("bhwc,hkc->bhwk", r_q, r_h)  # (B, h, w, kh)
     bias_w = torch.einsum("bhwc,wkc->bhwk", r_q, r_w)  # (B, h, w, kw)
-    bias = bias_h[:, :, :, :, None] + bias_w[:, :, :, None, :]  # (B, h, w, kh, kw)
-    return bias.reshape(b, h * w, h * w)
+    return bias_h.reshape(b, h * w, h), bias_w.reshape(b, h * w, w)
+
+
+def _bias_rows(bias_h: torch.Tensor, bias_w: torch.Tensor) -> torch.Tensor:
+    """`[B, rows, kh*kw]` bias of some query rows from their two terms (B, rows, kh), (B, rows, kw)."""
+    b, rows, kh = bias_h.shape
+    bias = bias_h[:, :, :, None] + bias_w[:, :, None, :]  # (B, rows, kh, kw)
+    return bias.reshape(b, rows, kh * bias_w.shape[-1])
+
+
+def rel_pos_bias(q: torch.Tensor, rel_pos_h: torch.Tensor, rel_pos_w: torch.Tensor,
+                 hw: tuple[int, int]) -> torch.Tensor:
+    """Decomposed relative-position bias `[B, h*w, h*w]` from the *unscaled* query `[B, h*w, C]`."""
+    return _bias_rows(*rel_pos_terms(q, rel_pos_h, rel_pos_w, hw))
+
+
+# The reference materialises the bias, `[B*heads, N, N]` floats: 805 MB in float32 for the
+# global blocks of one 1024 view (N = 4096), and SDPA adds N x N buffers of its own. Rows of
+# softmax(q.k / sqrt(d) + bias) v are independent, so a call whose bias would pass this many
+# elements is split by views and by query rows. That bounds the memory without changing the
+# float32 forward on the CPU (bitwise, real sizes included); float64 and the gradients of k and
+# v (summed over rows in another order) agree to rounding (tests/test_sam_reference_chunks.py).
+_MAX_BIAS_ELEMENTS = 2**25  # 128 MB of float32 bias per SDPA call
 
 
 def attention_with_rel_pos(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, rel_pos_h: torch.Tensor,
                            rel_pos_w: torch.Tensor, hw: tuple[int, int]) -> torch.Tensor:
     """The reference: softmax(q.k / sqrt(d) + bias) v with the materialised `[N, N]` bias.
 
-    q, k, v `[B, nh, N, hd]`; the bias comes from the unscaled query.
+    q, k, v `[B, nh, N, hd]`; the bias comes from the unscaled query. At most
+    `_MAX_BIAS_ELEMENTS` of bias exist at once (whole views, or one view's query rows, per call).
     """
     b, nh, n, hd = q.shape
-    bias = rel_pos_bias(q.reshape(b * nh, n, hd), rel_pos_h, rel_pos_w, hw)  # (B*nh, N, N)
-    return F.scaled_dot_product_attention(q, k, v, attn_mask=bias.view(b, nh, n, n))
+    bias_h, bias_w = rel_pos_terms(q.reshape(b * nh, n, hd), rel_pos_h, rel_pos_w, hw)  # (B*nh, N, k)
+    if b * nh * n * n <= _MAX_BIAS_ELEMENTS:
+        bias = _bias_rows(bias_h, bias_w)  # (B*nh, N, N)
+        return F.scaled_dot_product_attention(q, k, v, attn_mask=bias.view(b, nh, n, n))
+    bias_h, bias_w = bias_h.reshape(b, nh, n, -1), bias_w.reshape(b, nh, n, -1)
+    views = max(1, _MAX_BIAS_ELEMENTS // (nh * n * n))  # whole views per call
+    rows = n
+    if views == 1:  # query rows per call: at most the budget's, in equal parts
+        calls = -(-n // max(1, _MAX_BIAS_ELEMENTS // (nh * n)))
+        rows = -(-n // calls)
+    out = []
+    for v0 in range(0, b, views):
+        v1 = min(b, v0 + views)
+        parts = []
+        for r0 in range(0, n, rows):
+            r1 = min(n, r0 + rows)
+            bias = _bias_rows(bias_h[v0:v1, :, r0:r1].flatten(0, 1), bias_w[v0:v1, :, r0:r1].flatten(0, 1))
+            parts.append(F.scaled_dot_product_attention(
+                q[v0:v1, :, r0:r1], k[v0:v1], v[v0:v1], attn_mask=bias.view(v1 - v0, nh, r1 - r0, n)))
+        out.append(torch.cat(parts, dim=2) if len(parts) > 1 else parts[0])
+    return torch.cat(out) if len(out) > 1 else out[0]
 
 
 def window_partition(x: torch.Tensor, window: int) -> tuple[torch.Tensor, tuple[int, int]]:
