@@ -8,7 +8,7 @@ setup(
     long_description_content_type="text/markdown",
     python_requires=">=3.10",
     packages=find_packages(include=["deepseek_ocr", "deepseek_ocr.*"]),
-    package_data={"deepseek_ocr": ["assets/tokenizer/*.json"]},
+    package_data={"deepseek_ocr": ["assets/tokenizer/*.json", "serving/static/*"]},
     install_requires=[
         "torch>=2.4",
         "tokenizers>=0.19",
@@ -35,6 +35,11 @@ setup(
             "sacrebleu>=2",
             "pyarrow>=15",  # the Parquet reader's tests (deepseek_ocr.training.data)
             "matplotlib>=3.5",  # the research harness's plots are drawn in its tests
+            # The server's tests (tests/test_serving_*.py): the server itself (the serve extra),
+            # the official openai client against it, httpx for /v1/ocr and raw HTTP, and
+            # selenium driving Debian's chromium + chromedriver (installed by .ci/run) for the page.
+            "starlette>=0.40", "uvicorn>=0.30", "python-multipart>=0.0.9",
+            "openai>=1.40", "httpx>=0.27", "selenium>=4.20",
         ],
         # Metrics (deepseek_ocr.evaluation): rapidfuzz's C++ Levenshtein for CER/WER/NED,
         # sacrebleu for BLEU.
@@ -49,6 +54,13 @@ setup(
         "research": ["matplotlib>=3.5", "rapidfuzz>=3", "sacrebleu>=2"],
         # The learning run's plot (benchmarks/learning_run.py).
         "bench": ["matplotlib>=3.5"],
+        # `deepseek-ocr serve` (deepseek_ocr.serving): Starlette (the ASGI toolkit under FastAPI,
+        # without its pydantic layer: bodies are checked by hand to answer in OpenAI's error
+        # shape), uvicorn to run it, python-multipart for /v1/ocr uploads; httptools and uvloop
+        # make uvicorn's HTTP parsing and event loop faster where they install.
+        "serve": ["starlette>=0.40", "uvicorn>=0.30", "python-multipart>=0.0.9",
+                  "httptools>=0.6; platform_python_implementation == 'CPython'",
+                  "uvloop>=0.19; sys_platform != 'win32' and platform_python_implementation == 'CPython'"],
         # Optional for `deepseek-ocr train`: TensorBoard event files beside log.jsonl.
         "tensorboard": ["tensorboard>=2.14"],
     },

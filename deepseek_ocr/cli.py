@@ -27,17 +27,10 @@ from .cli_model import DEFAULT_REPO, RANDOM_MODEL, device_problem, load_for_comm
 from .inputs import DEFAULT_DPI, DEFAULT_MAX_PAGES, InvalidPageRangeError, parse_page_ranges, select_pages
 from .processing.image_io import DEFAULT_MAX_PIXELS
 from .processing.views import MODES, Mode, resolve_mode
+from .prompts import LOCATE, PROMPTS  # the presets live below the CLI, where the server finds them too
 
 logger = logging.getLogger("deepseek_ocr.cli")
 
-PROMPTS = {
-    "markdown": "<image>\n<|grounding|>Convert the document to markdown.",
-    "ocr": "<image>\n<|grounding|>OCR this image.",
-    "free": "<image>\nFree OCR.",
-    "figure": "<image>\nParse the figure.",
-    "describe": "<image>\nDescribe this image in detail.",
-}
-LOCATE = "<image>\nLocate <|ref|>{}<|/ref|> in the image."
 DTYPE_NAMES = ("float32", "fp32", "bfloat16", "bf16", "float16", "fp16")
 
 EXIT_OK, EXIT_FAILED_PAGES, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
@@ -199,7 +192,7 @@ def main(argv: list[str] | None = None) -> int:
         argv: the arguments (default sys.argv[1:]).
     """
     argv = sys.argv[1:] if argv is None else list(argv)
-    if argv and argv[0] in ("train", "eval", "research"):  # subcommands (deepseek_ocr/commands); OCR a file so named as ./train
+    if argv and argv[0] in ("train", "eval", "research", "serve"):  # subcommands (deepseek_ocr/commands); OCR a file so named as ./train
         from .commands import dispatch
         return dispatch(argv[0], argv[1:])
     parser = build_parser()

@@ -1,0 +1,69 @@
+"""The server's settings: limits, security switches and defaults, in one frozen record.
+
+`deepseek-ocr serve` fills it from its flags; tests build it directly. Every limit here is
+enforced before the work it bounds starts (the body before it is read whole, pixels before an
+image is decoded, pages before a PDF page is rendered, tokens before a request is queued).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from ..inputs.pdf import DEFAULT_DPI
+from ..processing.image_io import DEFAULT_MAX_PIXELS
+
+API_KEY_ENV = "DEEPSEEK_OCR_API_KEY"
+
+
+@dataclass(frozen=True)
+class ServerConfig:
+    """Attributes:
+        model_name: the id `/v1/models` lists and responses carry (clients send it as `model`;
+            any value is accepted, as one model is served).
+        api_key: when set, every endpoint but `/health` (and the page's static files) needs
+            `Authorization: Bearer KEY`.
+        cors_origins: origins allowed to call the API from a browser; empty: CORS off.
+        max_body_bytes: largest request body (413 beyond).
+        max_pixels: largest image, in pixels, and the cap PDF pages are rendered under.
+        max_pages: most pages one `/v1/ocr` request may select.
+        max_queue: requests accepted beyond the engines' slots before answering 429.
+        request_timeout: seconds a request may take from arrival to its last token.
+        allow_fetch: fetch http(s) `image_url`s (off: only `data:` URLs).
+        fetch_max_bytes, fetch_timeout: the cap and the time limit of such a fetch.
+        default_mode: the resolution mode when a request names none (vLLM serves Gundam).
+        default_dpi, max_dpi: PDF rendering resolution, and the highest a request may ask.
+        pages_in_flight: pages of one `/v1/ocr` request in the engine at once.
+        prepare_workers: threads decoding images, rendering PDF pages and cutting views.
+        retry_after: seconds suggested to a client refused with 429.
+    """
+
+    model_name: str = "deepseek-ai/DeepSeek-OCR"
+    api_key: str | None = None
+    cors_origins: tuple[str, ...] = ()
+    max_body_bytes: int = 64 * 1024 * 1024
+    max_pixels: int = DEFAULT_MAX_PIXELS
+    max_pages: int = 100
+    max_queue: int = 256
+    request_timeout: float = 600.0
+    allow_fetch: bool = False
+    fetch_max_bytes: int = 32 * 1024 * 1024
+    fetch_timeout: float = 10.0
+    default_mode: str = "gundam"
+    default_dpi: float = DEFAULT_DPI
+    max_dpi: float = 600.0
+    pages_in_flight: int = 16
+    prepare_workers: int = 4
+    retry_after: int = 1
+
+    def __post_init__(self) -> None:
+        for name in ("max_body_bytes", "max_pixels", "max_pages", "fetch_max_bytes", "pages_in_flight",
+                     "prepare_workers", "retry_after"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"ServerConfig.{name} must be a positive integer, got {value!r}")
+        if isinstance(self.max_queue, bool) or not isinstance(self.max_queue, int) or self.max_queue < 0:
+            raise ValueError(f"ServerConfig.max_queue must be an integer >= 0, got {self.max_queue!r}")
+        for name in ("request_timeout", "fetch_timeout", "default_dpi", "max_dpi"):
+            if not getattr(self, name) > 0:
+                raise ValueError(f"ServerConfig.{name} must be positive, got {getattr(self, name)!r}")
+        if self.api_key is not None and not self.api_key.strip():
+            raise ValueError("ServerConfig.api_key must not be empty (leave it None for no key)")
