@@ -118,7 +118,8 @@ def build_parser() -> argparse.ArgumentParser:
                     help=f"largest image accepted, in pixels (default {DEFAULT_MAX_PIXELS}, 64 Mpx); "
                          "PDF pages over it are rendered at a lower dpi")
     ap.add_argument("--password", default=None, help="password of encrypted PDFs")
-    ap.add_argument("--batch-size", type=_positive_int, default=8, help="pages per forward (default 8)")
+    ap.add_argument("--batch-size", type=_positive_int, default=64,
+                    help="pages decoding at once; a page joins as soon as another ends (default 64)")
     ap.add_argument("--workers", type=_non_negative_int, default=2,
                     help="threads preparing pages ahead of the model (default 2)")
     ap.add_argument("--max-new-tokens", type=_positive_int, default=None,

@@ -225,3 +225,17 @@ def test_engine_is_rebuilt_when_weights_change(ocr):
         with torch.no_grad():
             q.copy_(saved)
     assert ocr.generate(None, prompt=PROMPTS[0], max_new_tokens=4).token_ids == before
+
+
+def test_a_failing_listener_cancels_only_its_request(ocr):
+    eng = Engine(ocr.model, ocr.tokenizer, max_slots=4, use_graphs=False)
+
+    def broken(req, ids):
+        if ids:
+            raise RuntimeError("client went away")
+
+    bad = eng.submit(ocr.prepare(None, PROMPTS[0]), options(max_new_tokens=6), listener=broken)
+    good = eng.submit(ocr.prepare(None, PROMPTS[1]), options(max_new_tokens=6))
+    eng.run([bad, good])
+    assert bad.finish_reason == "cancelled" and "listener" in bad.error and bad.slot is None
+    assert good.token_ids == alone(ocr, PROMPTS[1], max_new_tokens=6).token_ids

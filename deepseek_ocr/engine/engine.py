@@ -393,16 +393,31 @@ class Engine:
                 continue
             req.token_ids.append(tok)
             self.stats["generated"] += 1
-            if req.listener is not None:
-                req.listener(req, [tok])
+            if not self._tell(req, [tok]):
+                continue
             if len(req.token_ids) >= req.budget:
                 self._finish(req, "length")
             elif req.detector is not None and req.detector.append([tok])[0]:
                 self._finish(req, "repetition")
 
+    def _tell(self, req: Request, ids: list[int]) -> bool:
+        """Call the request's listener; one that raises cancels its own request (logged), and
+        never the engine or the other requests. False when that happened."""
+        if req.listener is None:
+            return True
+        try:
+            req.listener(req, ids)
+            return True
+        except Exception:  # noqa: BLE001 - any listener failure is contained to its request
+            logger.exception("%s: the listener failed; the request is cancelled", req.id)
+            req.listener = None
+            if not req.finished:
+                req.error = "the request's listener raised an exception"
+                self._finish(req, "cancelled")
+            return False
+
     def _finish(self, req: Request, reason: str) -> None:
         self._release(req)
         req.state, req.finish_reason, req.finished_at = FINISHED, reason, time.perf_counter()
         req.vision_rows = None
-        if req.listener is not None:
-            req.listener(req, [])
+        self._tell(req, [])

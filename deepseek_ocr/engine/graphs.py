@@ -59,7 +59,9 @@ class DecodeGraphs:
     def run(self, cache: PagedKVCache, tokens: torch.Tensor, rows: int, longest: int) -> torch.Tensor:
         """Logits `[rows, V]` for `tokens[:rows]`; `longest`: no row holds more cache slots after
         this step (the host knows; an eager step reads only the blocks that reach it)."""
-        if not self.use_graphs:
+        # With kernels off (`kernels.set_enabled(False)`) the step runs eagerly: the reference
+        # experts read their routing counts back to the host, which a graph cannot capture.
+        if not self.use_graphs or not kernels.enabled():
             return self.step_fn(tokens[:rows], PagedBatch(cache, rows, cache.blocks_for(longest)))
         key = (rows, id(cache.k[0]), kernels.enabled(), self.compiled)
         g = self._graphs.get(key)

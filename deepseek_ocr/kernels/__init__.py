@@ -86,21 +86,6 @@ def prefill_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, cu_seql
     return _dispatch("attention_prefill", _prefill_reference, q, k, v, cu_seqlens, max_seqlen)
 
 
-def _decode_reference(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor,
-                      seqlens: torch.Tensor) -> torch.Tensor:
-    """q `[B, heads, hd]` over slots 0..seqlens[b]-1 of `[B, heads, L, hd]`; no host sync."""
-    slots = torch.arange(k_cache.shape[2], device=q.device)
-    mask = (slots[None, :] < seqlens[:, None])[:, None, None, :]  # (B, 1, 1, L)
-    out = F.scaled_dot_product_attention(q[:, :, None], k_cache, v_cache, attn_mask=mask)
-    return out[:, :, 0]
-
-
-def decode_attention(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor,
-                     seqlens: torch.Tensor) -> torch.Tensor:
-    """One query per row over its cached keys: q `[B, heads, hd]`, caches `[B, heads, L, hd]`."""
-    return _dispatch("attention_decode", _decode_reference, q, k_cache, v_cache, seqlens)
-
-
 def paged_decode_attention(q: torch.Tensor, k_pool: torch.Tensor, v_pool: torch.Tensor,
                            block_table: torch.Tensor, seqlens: torch.Tensor) -> torch.Tensor:
     """One query per row over a paged cache: q `[B, heads, hd]`, pools `[num_blocks, heads,

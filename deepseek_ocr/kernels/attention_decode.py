@@ -1,4 +1,8 @@
-"""One new query per row over a static KV cache: the decoder's decode step (flash-decoding).
+"""One new query per row over a contiguous KV cache (flash-decoding).
+
+The engine's decode step reads a paged cache (`attention_paged.py`, which reuses this module's
+combine kernel and split-size rule); this contiguous op remains for callers with a per-row cache
+and for the kernel benchmarks. It is not a seam of the model.
 
 The cache is `k_cache, v_cache [B, heads, L_max, head_dim]`; row b holds its sequence at slots
 `0 .. seqlens[b]-1` (no left padding), the new token's k/v already written at `seqlens[b]-1`.
@@ -17,7 +21,7 @@ import math
 import torch
 
 from ..errors import KernelError
-from . import enabled, register
+from . import enabled
 from ._common import HAVE_TRITON, launchable
 
 if HAVE_TRITON:
@@ -269,5 +273,3 @@ def decode_attention(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tens
             return out
     return decode_attention_reference(q, k_cache, v_cache, seqlens, scale)
 
-
-register("attention_decode", _kernel_or_none)

@@ -28,8 +28,6 @@ import triton
 import triton.language as tl
 
 from ..errors import KernelError
-from . import register
-from ._common import launchable
 
 _ROUTE_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
 MAX_EXPERTS = 256  # one [BLOCK_T, E] tile of logits; the model has 64
@@ -344,26 +342,9 @@ def _(x, router_weight, top_k, norm_topk_prob, scaling):
     return (x.new_empty((n, top_k), dtype=torch.float32), x.new_empty((n, top_k), dtype=torch.int64))
 
 
-# Below this many tokens the kernel's grid is a handful of programs and cuBLAS's float32 GEMV
-# plus softmax/top-k is faster: profiled on an H100 (benchmarks/profile_step.py), one decode token
-# took 59 us in the kernel per layer.
-ROUTE_KERNEL_MIN_TOKENS = 128
-
-
-def _route_seam(router: torch.nn.Module, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor] | None:
-    """`moe_route` implementation for `decoder.moe.Router`: the kernel, or None (the reference runs)."""
-    w = router.weight
-    if not (launchable(x, w) and x.dim() == 2 and x.dtype in _ROUTE_DTYPES and w.dtype in _ROUTE_DTYPES
-            and w.shape[0] <= MAX_EXPERTS):
-        return None
-    if torch.is_grad_enabled() and (x.requires_grad or w.requires_grad):
-        return None  # the op has no backward: let autograd record the reference
-    if x.is_cuda and x.shape[0] < ROUTE_KERNEL_MIN_TOKENS:
-        return None
-    cfg = router.cfg
-    check_route_inputs(x, w, cfg.num_experts_per_tok)
-    return torch.ops.deepseek_ocr.moe_route(x, w, cfg.num_experts_per_tok, bool(cfg.norm_topk_prob),
-                                            float(cfg.routed_scaling_factor))
-
-
-register("moe_route", _route_seam)
+# The model's routing is one rule at every batch size: `decoder.moe.Router` (a float32 GEMM,
+# softmax, `torch.topk`). The kernel above is not registered at the `moe_route` seam: it was used
+# from 128 tokens up, with its own tie rule and summation order, so a page's experts could change
+# with the size of the batch it was in (and below 128 tokens cuBLAS's GEMV was faster anyway).
+# It remains for `moe_grouped.fused_moe` (routing and experts without a host sync, for kernels
+# benchmarks) and is tested against `route_reference`.

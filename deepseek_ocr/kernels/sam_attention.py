@@ -27,6 +27,7 @@ import torch
 import torch.nn.functional as F
 
 from ..errors import KernelError
+from ..vision.positions import rel_pos_table
 from ._common import HAVE_TRITON, interpreting, launchable
 
 if HAVE_TRITON:
@@ -44,12 +45,10 @@ _MAX_BLOCK_N = 128
 def _rel_tables(q: torch.Tensor, rel_pos_h: torch.Tensor, rel_pos_w: torch.Tensor,
                 hw: tuple[int, int]) -> tuple[torch.Tensor, torch.Tensor]:
     """The decomposed bias terms in float32: `rel_h [B, nh, h, N]`, `rel_w [B, nh, N, w]`."""
-    # Imported here, not at the top: vision.sam imports the kernels package, which imports us.
-    from ..vision.sam import get_rel_pos
     h, w = hw
     b, nh, n, c = q.shape
-    r_h = get_rel_pos(h, h, rel_pos_h).float()  # (qy, ky, C)
-    r_w = get_rel_pos(w, w, rel_pos_w).float()  # (qx, kx, C)
+    r_h = rel_pos_table(rel_pos_h, h).float()  # (qy, ky, C)
+    r_w = rel_pos_table(rel_pos_w, w).float()  # (qx, kx, C)
     grid_q = q.float().reshape(b, nh, h, w, c)  # (B, nh, qy, qx, C)
     rel_h = torch.einsum("bnyxc,ykc->bnkyx", grid_q, r_h).reshape(b, nh, h, n)  # (B, nh, ky, N)
     rel_w = torch.einsum("bnyxc,xkc->bnyxk", grid_q, r_w).reshape(b, nh, n, w)  # (B, nh, N, kx)

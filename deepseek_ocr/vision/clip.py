@@ -15,6 +15,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..config import ClipConfig
+from .positions import remembered
 
 
 def resize_clip_pos(pos: torch.Tensor, num_tokens: int) -> torch.Tensor:
@@ -43,7 +44,7 @@ class ClipEmbeddings(nn.Module):
         patches = sam_map.flatten(2).transpose(1, 2)  # (B, g*g, C)
         cls = self.class_embedding.expand(b, 1, -1).to(patches.dtype)
         x = torch.cat([cls, patches], dim=1)  # (B, 1+g*g, C)
-        return x + resize_clip_pos(self.position_embedding.weight, x.shape[1])
+        return x + remembered(resize_clip_pos, self.position_embedding.weight, x.shape[1])
 
 
 class ClipAttention(nn.Module):

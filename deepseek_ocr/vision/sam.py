@@ -13,6 +13,7 @@ from torch import nn
 
 from .. import kernels
 from ..config import SamConfig
+from .positions import get_rel_pos, rel_pos_table, remembered  # noqa: F401  (get_rel_pos: public here before)
 
 
 def resize_abs_pos(pos: torch.Tensor, grid: int) -> torch.Tensor:
@@ -28,32 +29,13 @@ def resize_abs_pos(pos: torch.Tensor, grid: int) -> torch.Tensor:
     return x.to(pos.dtype).permute(0, 2, 3, 1)
 
 
-def get_rel_pos(q_size: int, k_size: int, rel_pos: torch.Tensor) -> torch.Tensor:
-    """Relative-position embeddings `[q_size, k_size, C]` for every (query, key) offset.
-
-    The table has `2*S-1` rows for the size `S` it was trained at; for another size it is
-    linearly resized to `2*max(q, k)-1` rows.
-    """
-    max_rel_dist = 2 * max(q_size, k_size) - 1
-    if rel_pos.shape[0] != max_rel_dist:
-        table = F.interpolate(rel_pos.reshape(1, rel_pos.shape[0], -1).permute(0, 2, 1),
-                              size=max_rel_dist, mode="linear")
-        table = table.reshape(-1, max_rel_dist).permute(1, 0)
-    else:
-        table = rel_pos
-    q_coords = torch.arange(q_size, device=rel_pos.device)[:, None] * max(k_size / q_size, 1.0)
-    k_coords = torch.arange(k_size, device=rel_pos.device)[None, :] * max(q_size / k_size, 1.0)
-    relative = (q_coords - k_coords) + (k_size - 1) * max(q_size / k_size, 1.0)
-    return table[relative.long()]
-
-
 def rel_pos_terms(q: torch.Tensor, rel_pos_h: torch.Tensor, rel_pos_w: torch.Tensor,
                   hw: tuple[int, int]) -> tuple[torch.Tensor, torch.Tensor]:
     """The two decomposed terms `[B, h*w, kh]` and `[B, h*w, kw]` of the bias of `rel_pos_bias`
     (query rows in row-major grid order), from the *unscaled* query `[B, h*w, C]`."""
     h, w = hw
-    r_h = get_rel_pos(h, h, rel_pos_h)  # (h, h, C)
-    r_w = get_rel_pos(w, w, rel_pos_w)  # (w, w, C)
+    r_h = rel_pos_table(rel_pos_h, h)  # (h, h, C)
+    r_w = rel_pos_table(rel_pos_w, w)  # (w, w, C)
     b, _, c = q.shape
     r_q = q.reshape(b, h, w, c)
     bias_h = torch.einsum("bhwc,hkc->bhwk", r_q, r_h)  # (B, h, w, kh)
@@ -242,7 +224,7 @@ class SamEncoder(nn.Module):
             taps: optional dict filled with intermediate tensors (for stage-by-stage checks).
         """
         x = self.patch_embed(pixels)
-        x = x + resize_abs_pos(self.pos_embed, x.shape[1])
+        x = x + remembered(resize_abs_pos, self.pos_embed, x.shape[1])
         for i, block in enumerate(self.blocks):
             x = block(x)
             if taps is not None:

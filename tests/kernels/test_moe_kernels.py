@@ -19,7 +19,7 @@ from deepseek_ocr.kernels._common import interpreting, triton_on_cpu
 pytestmark = pytest.mark.skipif(not (interpreting() or torch.cuda.is_available()),
                                 reason="needs CUDA or TRITON_INTERPRET=1 (set by the conftest without a GPU)")
 
-from deepseek_ocr.kernels import moe_grouped, moe_routing  # noqa: E402  (after the skip guard)
+from deepseek_ocr.kernels import moe_grouped  # noqa: E402  (after the skip guard)
 from deepseek_ocr.kernels.moe_grouped import (ExpertTiles, fused_moe, moe_experts_reference,  # noqa: E402
                                               moe_experts_triton)
 from deepseek_ocr.kernels.moe_routing import (group_pairs, group_pairs_reference, max_blocks,  # noqa: E402
@@ -184,6 +184,8 @@ def test_fused_moe_with_empty_experts_and_renormalisation():
 
 
 def test_seams_follow_the_modules():
+    """The experts seam runs the kernel for `StackedExperts`; routing is not a kernel seam any
+    more (one rule at every batch size: the Router's own torch path)."""
     cfg = DecoderConfig(hidden_size=64, moe_intermediate_size=32, n_routed_experts=8, num_experts_per_tok=3,
                         norm_topk_prob=True, routed_scaling_factor=2.0)
     router, experts = Router(cfg).to(device), StackedExperts(cfg).to(device)
@@ -191,25 +193,20 @@ def test_seams_follow_the_modules():
         router.weight.copy_(randn(8, 64, seed=11))
         experts.gate_up.copy_(randn(8, 64, 64, seed=12, scale=0.125))
         experts.down.copy_(randn(8, 64, 32, seed=13, scale=0.18))
-    # Past the size where the route seam hands one-token decode steps to cuBLAS on CUDA.
-    x = randn(moe_routing.ROUTE_KERNEL_MIN_TOKENS + 3, 64, seed=14)
+    from deepseek_ocr import kernels
+    assert "moe_route" not in kernels._IMPLS
+    x = randn(131, 64, seed=14)
     with torch.no_grad(), triton_on_cpu():
-        weights, ids = moe_routing._route_seam(router, x)
+        weights, ids = kernels.moe_route(router, x)
         y = moe_grouped._experts_seam(experts, x, weights, ids)
-        ref_w, ref_ids = router(x)
+        ref_w, ref_ids = route_reference(x, router.weight, 3, True, 2.0)
         ref_y = experts(x, ref_w, ref_ids)
-    assert torch.equal(ids, ref_ids)
-    torch.testing.assert_close(weights, ref_w, rtol=1e-5, atol=1e-6)
+    assert torch.equal(ids, ref_ids) and torch.equal(weights, ref_w)
     torch.testing.assert_close(y, ref_y, rtol=1e-4, atol=1e-4)
     with triton_on_cpu():  # with autograd recording (parameters need grad), the reference runs
-        assert moe_routing._route_seam(router, x) is None
         assert moe_grouped._experts_seam(experts, x, weights, ids) is None
-    if device == "cuda":  # a decode-sized batch takes the reference router on CUDA
-        with torch.no_grad():
-            assert moe_routing._route_seam(router, x[:9]) is None
     if device == "cpu":  # without the opt-in, CPU tensors keep the reference path
-        with triton_on_cpu(False):
-            assert moe_routing._route_seam(router, x) is None
+        with triton_on_cpu(False), torch.no_grad():
             assert moe_grouped._experts_seam(experts, x, weights, ids) is None
 
 

@@ -248,8 +248,8 @@ def test_batches_past_the_grid_limit_are_split(monkeypatch):
     runs in chunks; here the limit is lowered so that a small case exercises the split."""
     import deepseek_ocr.kernels.sam_attention as sa
     torch.manual_seed(0)
-    q, k, v = (torch.randn(5, 2, 16, 16) for _ in range(3))
-    rh, rw = torch.randn(7, 16), torch.randn(7, 16)
+    q, k, v = (torch.randn(5, 2, 16, 16).to(DEVICE) for _ in range(3))
+    rh, rw = torch.randn(7, 16).to(DEVICE), torch.randn(7, 16).to(DEVICE)
     whole = sa.sam_attention_reference(q, k, v, rh, rw, (4, 4))
     monkeypatch.setattr(sa, "_MAX_GRID_Y", 4)  # 2 rows of the batch per launch
     out = sa._launch(q, k, v, rh, rw, 4, 4)

@@ -1,0 +1,29 @@
+#!/usr/bin/env bash
+# Device runs for the engine (each phase fits one 10-minute device call):
+#   bash benchmarks/device_engine.sh tests   # GPU tests: engine (graphs, growth, switches, bf16), kernels, parity
+#   bash benchmarks/device_engine.sh bench   # bench_engine.py (variable lengths, TTFT, encode, b1 decode, memory)
+#                                            # + bench_pages.py (256 Gundam pages x 1,000 tokens, the pipeline)
+# Needs .shared/ (a copy of ../shared without train_golden_small) and .whl/ (Pillow 13 wheel) carried.
+set -u
+export PYTHONUNBUFFERED=1 PYTHONPATH=$PWD:$PWD/benchmarks
+if ls .whl/*.whl >/dev/null 2>&1; then
+  python -m pip install -q --no-index --no-deps --target /tmp/site .whl/*.whl && export PYTHONPATH=/tmp/site:$PYTHONPATH
+fi
+OUT=${OUT:-/tmp/out}; mkdir -p "$OUT"
+nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv | tee "$OUT/device.txt"
+python -c "import torch, triton; print('torch', torch.__version__, 'triton', triton.__version__)" | tee -a "$OUT/device.txt"
+case "${1:-tests}" in
+tests)
+  python .shared/parity/make_checkpoint.py /tmp/ck --layers 3 --experts 8 --topk 6 >/dev/null
+  DEEPSEEK_OCR_SHARED=$PWD/.shared DEEPSEEK_OCR_SMALL_CKPT=/tmp/ck DEEPSEEK_OCR_TEST_DEVICE=cuda CI=1 \
+    timeout 500 python -m pytest -q -rs -p no:hypothesispytest tests/test_engine_gpu.py tests/kernels \
+    tests/test_fast_decode.py tests/test_generation.py tests/test_engine.py tests/test_parity.py \
+    2>&1 | tail -80 > "$OUT/gpu_tests.log"
+  tail -30 "$OUT/gpu_tests.log"
+  ;;
+bench)
+  timeout 330 python benchmarks/bench_engine.py --out "$OUT/bench_engine.json" 2>&1 | tail -40
+  timeout 200 python benchmarks/bench_pages.py --pages 256 --tokens 1000 --batch-size 256 --workers 12 \
+    --out "$OUT/bench_pages.json" 2>&1 | tail -20
+  ;;
+esac
