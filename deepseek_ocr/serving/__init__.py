@@ -10,12 +10,13 @@ endpoint and a web page, on the continuous-batching engine.
 
 Layers: `worker` (one thread per engine), `backend` (engines, preparation pool, admission),
 `chat` / `chat_request` and `ocr_api` / `documents` (the endpoints), `app` (routes and
-middleware), `server` (uvicorn). Needs the `serve` extra (starlette, uvicorn, python-multipart).
+middleware), `server` (uvicorn), `background` (a server on a thread of this process). Needs the `serve` extra (starlette, uvicorn, python-multipart).
 """
 from .app import create_app
 from .backend import Backend
+from .background import BackgroundServer
 from .config import API_KEY_ENV, ServerConfig
 from .errors import ServingError
 from .server import make_server, run_server
 
-__all__ = ["Backend", "ServerConfig", "API_KEY_ENV", "ServingError", "create_app", "make_server", "run_server"]
+__all__ = ["Backend", "BackgroundServer", "ServerConfig", "API_KEY_ENV", "ServingError", "create_app", "make_server", "run_server"]
