@@ -39,9 +39,9 @@ function pageElement(number) {
       el.querySelector(".markdown").hidden = tab.dataset.tab !== "markdown";
     });
   }
-  const pages = $("pages");
-  const later = [...pages.children].find((p) => Number(p.dataset.page) > number);
-  pages.insertBefore(el, later || null);
+  const results = $("results");
+  const later = [...results.children].find((p) => Number(p.dataset.page) > number);
+  results.insertBefore(el, later || null);
   return el;
 }
 
@@ -124,7 +124,7 @@ async function run(event) {
   for (const [id, name] of [["pages", "pages"], ["dpi", "dpi"], ["max-tokens", "max_tokens"]]) {
     if ($(id).value.trim()) form.append(name, $(id).value.trim());
   }
-  $("pages").replaceChildren();
+  $("results").replaceChildren();
   $("downloads").hidden = true;
   $("run").disabled = true; $("stop").disabled = false;
   controller = new AbortController();
