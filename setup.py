@@ -52,8 +52,9 @@ setup(
         # `deepseek-ocr research` (deepseek_ocr.research): plots (matplotlib) and the metrics it
         # records (the eval extra's rapidfuzz and sacrebleu). Chinese Fox word sets: add jieba.
         "research": ["matplotlib>=3.5", "rapidfuzz>=3", "sacrebleu>=2"],
-        # The learning run's plot (benchmarks/learning_run.py).
-        "bench": ["matplotlib>=3.5"],
+        # The learning run's plot (benchmarks/learning_run.py); the server's load generator
+        # (benchmarks/bench_server.py) is an httpx client.
+        "bench": ["matplotlib>=3.5", "httpx>=0.27"],
         # `deepseek-ocr serve` (deepseek_ocr.serving): Starlette (the ASGI toolkit under FastAPI,
         # without its pydantic layer: bodies are checked by hand to answer in OpenAI's error
         # shape), uvicorn to run it, python-multipart for /v1/ocr uploads; httptools and uvloop
