@@ -231,6 +231,26 @@ def test_request_timeout_cancels_and_answers_504(ocr):
             assert time.monotonic() < deadline
             time.sleep(0.05)
         assert "requests_timed_out_total 1" in httpx.get(srv.url + "/metrics").text
+        # Streamed: the stream ends with an error event, then [DONE].
+        with httpx.stream("POST", srv.url + "/v1/chat/completions", timeout=60, json=chat_body(
+                page(2), "Free OCR.", max_tokens=5000, mode="tiny", ignore_eos=True, stream=True)) as r:
+            lines = [line for line in r.iter_lines() if line.startswith("data: ")]
+        assert lines[-1] == "data: [DONE]"
+        assert json.loads(lines[-2][6:])["error"]["type"] == "timeout_error"
+
+
+def test_cors_is_off_unless_origins_are_named(ocr, server):
+    preflight = {"Origin": "http://page.test", "Access-Control-Request-Method": "POST",
+                 "Access-Control-Request-Headers": "authorization,content-type"}
+    r = httpx.options(server.url + "/v1/chat/completions", headers=preflight)
+    assert "access-control-allow-origin" not in r.headers
+    with BackgroundServer(backend_for(ocr, slots=1, cors_origins=("http://page.test",), api_key="k")) as srv:
+        r = httpx.options(srv.url + "/v1/chat/completions", headers=preflight)
+        assert r.status_code == 200 and r.headers["access-control-allow-origin"] == "http://page.test"
+        r = httpx.options(srv.url + "/v1/chat/completions", headers={**preflight, "Origin": "http://other.test"})
+        assert r.headers.get("access-control-allow-origin") != "http://other.test"
+        r = httpx.get(srv.url + "/v1/models", headers={"Origin": "http://page.test", "Authorization": "Bearer k"})
+        assert r.status_code == 200 and r.headers["access-control-allow-origin"] == "http://page.test"
 
 
 def test_api_key_limits_and_refused_sources(ocr, monkeypatch):

@@ -155,6 +155,18 @@ def test_image_as_json_and_as_ndjson_stream(server):
     assert events[-1]["totals"]["ok"] == 1
 
 
+def test_multi_page_tiff_frames_are_pages(server):
+    frames = [page_image(200, 260, "one"), page_image(300, 200, "two")]
+    buf = io.BytesIO()
+    frames[0].save(buf, "TIFF", save_all=True, append_images=frames[1:])
+    r = httpx.post(server.url + "/v1/ocr", files={"file": ("scan.tif", buf.getvalue())}, data={"mode": "tiny"},
+                   timeout=120)
+    body = r.json()
+    assert body["document"] == {"kind": "image", "page_count": 2, "pages": [1, 2]}
+    check_page(body["pages"][0], 1, 200, 260)
+    check_page(body["pages"][1], 2, 300, 200)
+
+
 def test_bad_uploads(server):
     url = server.url + "/v1/ocr"
     cases = [

@@ -160,6 +160,9 @@ def main(argv: list[str] | None = None) -> int:
     backend = Backend(models, config, engine_kwargs=engine_kwargs)
     say(f"deepseek-ocr serve: {config.model_name} on {', '.join(devices)} "
         f"({len(models)} engine(s)); http://{args.host}:{args.port}/ (web page), /v1/chat/completions, /v1/ocr")
+    if args.model == "random":
+        say("note: --model random has random weights: its text is gibberish. It shows the server end to end; "
+            "use the official weights for real OCR.")
     # uvicorn re-raises the shutdown signal once it has drained: let SIGTERM then end the
     # command normally (exit 0) instead of killing the process.
     signal.signal(signal.SIGTERM, _exit_zero)
