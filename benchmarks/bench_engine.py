@@ -9,6 +9,7 @@ documents (Gundam: 6 crops of 640 + the 1024 global view, 913 prompt tokens). Me
 * `variable`: 256 pages with output lengths drawn uniformly from 100 to 2,000 tokens (seeded),
   continuous batching (256 slots) against static batches of the same kernels (a batch is
   submitted, run until its longest page ends, then the next) at batch 64 and 256;
+* `queue`: the same over 1,024 pages (more pages than slots), 256 slots against static 256;
 * `ttft`: one Gundam page through `generate(max_new_tokens=1)`, prepared and from the image;
 * `encode`: the Gundam vision encode per page, alone and batched 16 at a time;
 * `decode_b1`: batch-1 decode ms per token (no torch.compile), slope between 64 and 512 tokens;
@@ -112,6 +113,20 @@ def main():
         t512 = statistics.median(one_page(512) for _ in range(3))
         res["decode_b1_ms_per_token"] = round(1e3 * (t512 - t64) / 448, 3)
         print("decode b1", res["decode_b1_ms_per_token"], flush=True)
+
+    if "queue" not in skip:
+        # More pages than slots (a stream, the server): 4 x 256 pages, lengths 100..2,000, through
+        # 256 slots, against static batches of 256 (each decodes until its longest page ends).
+        rng = random.Random(1)
+        many = prepared * 4
+        lengths = [rng.randint(100, 2000) for _ in many]
+        run_continuous(eng, prepared, [32] * (len(prepared) - 8) + [2000] * 8)  # warm-up
+        cont = run_continuous(eng, many, lengths)
+        static = run_static(eng, many, lengths, 256)
+        res["queue"] = {"pages": len(many), "tokens": sum(lengths), "continuous_s": round(cont, 1),
+                        "static_256_s": round(static, 1), "speedup": round(static / cont, 2),
+                        "continuous_tokens_per_s": round(sum(lengths) / cont)}
+        print("queue", res["queue"], flush=True)
 
     if "variable" not in skip:
         rng = random.Random(0)

@@ -110,6 +110,7 @@ class _Slot:
         self.run: dict = {}
         self.timings: dict[str, float] = {}
         self.request = None  # the engine request (continuous runs)
+        self.finishing = None  # the future of its post-processing (`_Runner._finish`)
 
     def fail(self, error_type: str, message: str) -> None:
         self.error = (error_type, message)
@@ -334,7 +335,13 @@ class _Runner:
             logger.info("wrote %s", path)
 
     def _emit(self, slot: _Slot) -> PageOutcome:
-        outcome = self._finish(slot)
+        slot.finishing = _Immediate(self._finish, slot)
+        return self._emit_finished(slot)
+
+    def _emit_finished(self, slot: _Slot) -> PageOutcome:
+        """Report a slot whose `_finish` ran (here or in a finishing thread): documents, the
+        callback, in input order."""
+        outcome = slot.finishing.result()
         slot.image = slot.inputs = None  # free the pixels before the next window
         self._track_document(outcome)
         if self.on_page is not None:
@@ -357,7 +364,8 @@ class _Runner:
         object's `generate` was replaced (a wrapper or a test double): then pages go through
         that `generate` in windows of `batch_size`."""
         model = getattr(self.ocr, "model", None)
-        replaced = "generate" in vars(self.ocr)
+        own = getattr(self.ocr, "__dict__", {}).get("generate")  # an instance attribute shadowing the method
+        replaced = own is not None and getattr(own, "__func__", None) is not getattr(type(self.ocr), "generate", None)
         return self.gen_kwargs.get("fast") is not False and not replaced \
             and isinstance(model, torch.nn.Module) and supports_model(model)
 
@@ -372,6 +380,8 @@ class _Runner:
         exhausted = False
         in_engine = 0
         pool = ThreadPoolExecutor(self.workers, thread_name_prefix="deepseek-ocr-prepare") \
+            if self.workers > 0 else None
+        finisher = ThreadPoolExecutor(self.workers, thread_name_prefix="deepseek-ocr-finish") \
             if self.workers > 0 else None
 
         def fill() -> None:
@@ -415,8 +425,17 @@ class _Runner:
                                 slot.fail(type(err).__name__, str(err))
                         order.append(slot)
                         fill()
-                    while order and done(order[0]):
-                        yield self._emit(order.popleft())
+                    # Post-processing (render, drawn boxes, files) of every finished page runs
+                    # in the finishing threads while the engine decodes on; outcomes leave in
+                    # input order.
+                    for slot in order:
+                        if slot.finishing is None and done(slot):
+                            slot.finishing = finisher.submit(self._finish, slot) if finisher \
+                                else _Immediate(self._finish, slot)
+                    while order and order[0].finishing is not None and \
+                            (not eng.has_work or not hasattr(order[0].finishing, "done")
+                             or order[0].finishing.done()):
+                        yield self._emit_finished(order.popleft())
                     if not order and not pending and exhausted:
                         break
                     if eng.has_work:
@@ -429,8 +448,9 @@ class _Runner:
                 self._close_document(name)
         finally:
             eng.abort([s.request for s in order if s.request is not None])
-            if pool is not None:
-                pool.shutdown(wait=True, cancel_futures=True)
+            for executor in (pool, finisher):
+                if executor is not None:
+                    executor.shutdown(wait=True, cancel_futures=True)
 
     def _out_of_memory(self, eng, order, err) -> None:
         """A step ran out of memory: the pages in the engine fail with the reason, the engine's
