@@ -233,9 +233,10 @@ class DeepseekOCR:
                 prompt, or a list of these (a batch; returns a list of results in order).
             prompt: the prompt (or one per batch item).
             mode: resolution mode for images.
-            **kwargs: see `deepseek_ocr.generation.generate.generate` (max_new_tokens,
-                temperature, top_p, top_k, seed, no_repeat_ngram_size, ngram_window,
-                ngram_whitelist, stop_on_repetition, ignore_eos).
+            **kwargs: the fields of `deepseek_ocr.engine.GenerationOptions` (max_new_tokens,
+                temperature, top_p, top_k, seed, no_repeat_ngram_size, windowed_ngram_size,
+                ngram_window, ngram_whitelist, stop_on_repetition, ignore_eos, fast). The batch
+                runs on the model's engine (`fast=False`: the plain reference loop).
         """
         batch = self._as_inputs(inputs_or_image, prompt, mode)
         results = generate(self, batch, **kwargs)
