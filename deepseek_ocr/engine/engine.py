@@ -39,46 +39,12 @@ from ..processing.tokenizer import Tokenizer
 from .graphs import DecodeGraphs, bucket_for
 from .ngram_rules import SlotNGramRule
 from .options import GenerationOptions
-from .paged_cache import CacheFullError, PagedKVCache
+from .paged_cache import CacheFullError, PagedKVCache, default_pool_blocks
+from .readback import Launch
 from .request import FINISHED, RUNNING, WAITING, Request
 from .vision_batch import encode_prepared, prompt_embeddings
 
 logger = logging.getLogger(__name__)
-
-
-class _Launch:
-    """Tokens chosen on the device for some requests, on their way to the host."""
-
-    def __init__(self, rows: list[tuple[int, Request, int]], ids: torch.Tensor, bad: torch.Tensor,
-                 pinned: bool):
-        self.rows = rows  # (row of ids, request, request epoch at launch)
-        if pinned:
-            self.ids = torch.empty(ids.shape, dtype=ids.dtype, pin_memory=True)
-            self.bad = torch.empty(bad.shape, dtype=bad.dtype, pin_memory=True)
-            self.ids.copy_(ids, non_blocking=True)
-            self.bad.copy_(bad, non_blocking=True)
-            self.event = torch.cuda.Event()
-            self.event.record()
-        else:
-            self.ids, self.bad, self.event = ids, bad, None
-
-    def read(self) -> tuple[list[int], list[bool]]:
-        if self.event is not None:
-            self.event.synchronize()
-        return self.ids.tolist(), self.bad.tolist()
-
-
-def _default_blocks(cfg, device: torch.device, dtype: torch.dtype, slots: int, block_size: int) -> tuple[int, int]:
-    """(initial blocks, most blocks): start with room for every slot at 1,024 tokens; grow up to
-    what every slot at the full context needs, or 60% of the memory free now, whichever is less."""
-    per_block = PagedKVCache.bytes_per_block(cfg.num_layers, cfg.num_heads, cfg.head_dim, block_size, dtype)
-    full = slots * (-(-cfg.max_position_embeddings // block_size)) + 1
-    most = full
-    if device.type == "cuda":
-        free, _ = torch.cuda.mem_get_info(device)
-        most = max(2, min(full, int(free * 0.6) // per_block))
-    initial = min(most, slots * (-(-1024 // block_size)) + 1)
-    return initial, most
 
 
 class Engine:
@@ -90,7 +56,7 @@ class Engine:
         max_slots: most requests decoding at once (default 256 on CUDA, 16 elsewhere).
         block_size: cache slots per block.
         initial_blocks, max_blocks: the pool's first size and its limit (defaults: see
-            `_default_blocks`).
+            `paged_cache.default_pool_blocks`).
         prefill_tokens: prompt tokens admitted per step (one request always fits, however long),
             so running requests keep decoding while new ones arrive.
         use_graphs: capture the decode step in CUDA graphs (default: on CUDA).
@@ -117,7 +83,7 @@ class Engine:
         # residual adds); the graph then replays the fused step. Costs a compile on first use.
         step_fn = torch.compile(self.fast.step, dynamic=False) if compile else self.fast.step
         self.graphs = DecodeGraphs(step_fn, on_cuda if use_graphs is None else use_graphs, self.compiled)
-        init, most = _default_blocks(cfg, self.device, self.dtype, self.max_slots, block_size)
+        init, most = default_pool_blocks(cfg, self.device, self.dtype, self.max_slots, block_size)
         self.max_pool_blocks = max_blocks or most
         self.cache = PagedKVCache(cfg.num_layers, self.max_slots, cfg.num_heads, cfg.head_dim,
                                   num_blocks=min(initial_blocks or init, self.max_pool_blocks),
@@ -128,7 +94,7 @@ class Engine:
         self.tokens = torch.full((self.max_slots,), tokenizer.pad_id, dtype=torch.long, device=self.device)
         self.waiting: deque[Request] = deque()
         self.running: dict[int, Request] = {}  # slot -> request
-        self._inflight: deque[_Launch] = deque()
+        self._inflight: deque[Launch] = deque()
         self._pinned = on_cuda
         self.stats = {"steps": 0, "prefills": 0, "preemptions": 0, "pool_growths": 0, "generated": 0}
 
@@ -309,7 +275,7 @@ class Engine:
         self.tokens.index_copy_(0, slots, ids)
         for r in batch:
             r.launched += 1
-        self._inflight.append(_Launch([(i, r, r.epoch) for i, r in enumerate(batch)], ids, bad, self._pinned))
+        self._inflight.append(Launch([(i, r, r.epoch) for i, r in enumerate(batch)], ids, bad, self._pinned))
         self.stats["prefills"] += 1
 
     def _load_rules(self, req: Request) -> None:
@@ -344,7 +310,7 @@ class Engine:
         for r in rows:
             r.launched += 1
             r.cache_length += 1
-        self._inflight.append(_Launch([(r.slot, r, r.epoch) for r in rows], ids, bad, self._pinned))
+        self._inflight.append(Launch([(r.slot, r, r.epoch) for r in rows], ids, bad, self._pinned))
         self.stats["steps"] += 1
         return True
 
@@ -372,7 +338,7 @@ class Engine:
         return ids, bad
 
     # ---------------------------------------------------------------------------- results
-    def _collect(self, launch: _Launch) -> None:
+    def _collect(self, launch: Launch) -> None:
         ids, bad = launch.read()
         eos = self.tokenizer.eos_id
         now = time.perf_counter()
