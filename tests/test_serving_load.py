@@ -218,6 +218,23 @@ def test_disconnect_frees_the_slot_and_a_full_queue_answers_429(ocr):
         assert httpx.post(srv.url + "/v1/chat/completions", json=short, timeout=60).status_code == 200
 
 
+def test_a_client_giving_up_on_a_plain_request_cancels_it(ocr):
+    backend = backend_for(ocr, slots=2)
+    with BackgroundServer(backend) as srv:
+        with pytest.raises(httpx.ReadTimeout):  # httpx closes the connection on it
+            httpx.post(srv.url + "/v1/chat/completions", timeout=httpx.Timeout(60, read=1.5),
+                       json=chat_body(page(5), "Free OCR.", max_tokens=5000, mode="tiny", ignore_eos=True))
+        deadline = time.monotonic() + 20
+        while True:
+            figures = httpx.get(srv.url + "/metrics").text
+            if metric(figures, "running_requests") == 0 and metric(figures, "requests_in_flight") == 0:
+                break
+            assert time.monotonic() < deadline, figures
+            time.sleep(0.1)
+        assert metric(figures, "requests_cancelled_total") == 1
+        assert metric(figures, "generation_tokens_total") < 5000
+
+
 def test_request_timeout_cancels_and_answers_504(ocr):
     backend = backend_for(ocr, slots=2, request_timeout=1.0)
     with BackgroundServer(backend) as srv:

@@ -112,7 +112,11 @@ async def _events(backend: Backend, chat: ChatRequest, inputs, meta: dict, start
     and leaving `backend.tokens` cancels the engine request."""
     tok = backend.tokenizer
     detok = IncrementalDetokenizer(lambda ids: tok.decode(ids, skip_special_tokens=chat.skip_special_tokens))
-    gen = backend.start_generation(inputs, chat.options, prefix="chat")
+    try:
+        gen = backend.start_generation(inputs, chat.options, prefix="chat")
+    except ServingError as err:  # the server began shutting down since the request was accepted
+        yield "data: " + dumps(err.body()) + "\n\ndata: [DONE]\n\n"
+        return
     finished = False
     try:
         yield _chunk(meta, {"role": "assistant", "content": ""})

@@ -119,9 +119,9 @@ class Metrics:
         metric("requests_capacity", "gauge", "Requests the server accepts at once (engine slots + queue).",
                [({}, capacity)])
         waiting = sum(w.waiting for w in workers)
-        metric("queue_depth", "gauge", "Requests waiting for an engine slot (preparing or queued).",
+        metric("queue_depth", "gauge", "Work waiting for an engine slot: preparation tasks and queued requests.",
                [({}, preparing + waiting)])
-        metric("preparing_requests", "gauge", "Requests whose images or pages are being prepared.",
+        metric("preparing_tasks", "gauge", "CPU tasks (decoding, rendering, views, post-processing) in the pool.",
                [({}, preparing)])
         metric("running_requests", "gauge", "Requests holding an engine slot, per engine.",
                [({"engine": w.name}, w.running) for w in workers])

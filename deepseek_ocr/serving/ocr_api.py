@@ -22,7 +22,7 @@ from ..pipeline.writer import page_stem, token_figures
 from ..postprocess import combine_pages, render_page
 from .backend import Backend, unless_disconnected
 from .documents import OcrRequest, PageSource, image_data_url, open_source, parse_ocr_form
-from .errors import MalformedRequestError, ServingError
+from .errors import MalformedRequestError, RequestTimeoutError, ServingError
 from .http import ClosingStream, dumps, new_id
 
 logger = logging.getLogger(__name__)
@@ -48,6 +48,8 @@ class _Job:
         record: dict = {"page": number, "index": index, "status": "failed", "error": None, "error_type": None}
         async with self.gate:
             try:
+                if asyncio.get_running_loop().time() >= self.deadline:  # no time left: do not start it
+                    raise RequestTimeoutError("the request's time limit passed before this page was read")
                 await self._read_page(index, record)
             except ServingError as err:
                 record.update(error=err.message, error_type=err.error_type)
@@ -176,6 +178,7 @@ def _count_disconnect(backend: Backend) -> None:
 
 async def _ndjson(job: _Job, head: dict):
     runner = asyncio.ensure_future(job.run())
+    getter = None
     finished = False
     try:
         yield dumps({"event": "document", **head}) + "\n"
@@ -190,6 +193,8 @@ async def _ndjson(job: _Job, head: dict):
         yield dumps({"event": "done", **job.summary()}) + "\n"
         finished = True
     finally:
+        if getter is not None and not getter.done():
+            getter.cancel()
         if not finished:
             if not runner.done():
                 job.backend.metrics.cancelled += 1
