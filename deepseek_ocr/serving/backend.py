@@ -47,7 +47,8 @@ class Backend:
 
     Args:
         models: loaded `DeepseekOCR`s, one per device; each gets an engine and a worker thread.
-            The first one prepares inputs (the tokenizer and preprocessing are the same).
+            The first one prepares inputs (the tokenizer and preprocessing are the same); its
+            `max_pixels` is set to `config.max_pixels`.
         config: the server's limits.
         engine_kwargs: passed to each `Engine` (e.g. `max_slots`).
         engines: ready engines instead (tests), one per model.

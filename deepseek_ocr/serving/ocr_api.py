@@ -71,14 +71,7 @@ class _Job:
         inputs = await backend.prepare(image, req.prompt, req.mode, param="file")
         backend.check_budget(inputs, req.options)
         gen = backend.start_generation(inputs, req.options, prefix="ocr")
-        on_ids = None
-        if req.deltas and req.stream:
-            detok = IncrementalDetokenizer(backend.tokenizer.decode)
-
-            def on_ids(ids: list[int]) -> None:
-                piece = detok.extend(ids)
-                if piece:
-                    self.emit({"event": "delta", "page": number, "text": piece})
+        on_ids = self._deltas(number) if req.deltas and req.stream else None
         await backend.collect(gen, self.started, self.deadline, on_ids)
         raw = backend.tokenizer.decode(gen.token_ids)
         result = GenerationResult(text=raw.strip(), token_ids=list(gen.token_ids), finish_reason=gen.finish_reason,
@@ -96,6 +89,16 @@ class _Job:
         if req.crops:
             record["crops"] = {name: await backend.run_cpu(image_data_url, picture, None)
                                for name, picture in render.crops}
+
+    def _deltas(self, number: int):
+        """A page's text events as its ids arrive (whole characters only)."""
+        detok = IncrementalDetokenizer(self.backend.tokenizer.decode)
+
+        def on_ids(ids: list[int]) -> None:
+            piece = detok.extend(ids)
+            if piece:
+                self.emit({"event": "delta", "page": number, "text": piece})
+        return on_ids
 
     async def run(self) -> None:
         tasks = [asyncio.ensure_future(self.page(i)) for i in self.source.selected]

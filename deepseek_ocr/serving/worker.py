@@ -3,8 +3,9 @@
 The engine is not thread-safe, so exactly one thread (the worker's) calls `submit`, `step` and
 `cancel`. The event loop hands it submissions and cancellations through a thread-safe queue;
 the thread steps while there is work and sleeps on the queue when there is none. Tokens go back
-to the loop through `loop.call_soon_threadsafe`, at most one wake-up per request in flight (ids
-that arrive while one is pending are appended to it), so a loop that falls behind the engine
+to the loop through `loop.call_soon_threadsafe`: once per engine round for all the requests with
+news (not once per token, each being a write to the loop's self-pipe), and ids that arrive while
+a request's wake-up is pending are appended to it, so a loop that falls behind the engine
 receives tokens in larger batches instead of a growing backlog of callbacks.
 """
 from __future__ import annotations
@@ -74,20 +75,15 @@ class Generation:
             if self._wake_scheduled:
                 return
             self._wake_scheduled = True
-        try:
-            self.loop.call_soon_threadsafe(self._event.set)
-        except RuntimeError:  # the loop has closed: nobody waits for this request any more
-            pass
+        self.worker.changed(self)
 
     def end(self, reason: str, error: str | None) -> None:
         """End a request the engine never took (or took and lost in a failed step)."""
         with self._lock:
             if self._final is None:
                 self._final = (reason, error)
-        try:
-            self.loop.call_soon_threadsafe(self._event.set)
-        except RuntimeError:
-            pass
+            self._wake_scheduled = True
+        self.worker.changed(self)
 
     def force(self, reason: str, error: str) -> None:
         """Make the coming end of this request read `reason` / `error` (an engine failure ends
@@ -145,6 +141,7 @@ class EngineWorker:
         self.failures = 0
         self._commands: queue.SimpleQueue = queue.SimpleQueue()
         self._live: set[Generation] = set()
+        self._changed: list[Generation] = []  # engine thread: generations with news this round
         self._thread = threading.Thread(target=self._main, name=f"deepseek-ocr-{name}", daemon=True)
 
     @property
@@ -175,6 +172,25 @@ class EngineWorker:
                 logger.warning("%s: the engine thread did not stop within %.0f s", self.name, timeout)
 
     # ------------------------------------------------------------------ engine thread
+    def changed(self, generation: Generation) -> None:
+        """`generation` has news for the loop; told with the others of this round in `_wake`."""
+        self._changed.append(generation)
+
+    def _wake(self) -> None:
+        """Wake the loop once for every generation with news: one cross-thread call per round
+        instead of one per request (each is a write to the loop's self-pipe)."""
+        if not self._changed:
+            return
+        by_loop: dict[asyncio.AbstractEventLoop, list[Generation]] = {}
+        for g in self._changed:
+            by_loop.setdefault(g.loop, []).append(g)
+        self._changed = []
+        for loop, gens in by_loop.items():
+            try:
+                loop.call_soon_threadsafe(_set_events, gens)
+            except RuntimeError:  # the loop has closed: nobody waits for these any more
+                pass
+
     def _main(self) -> None:
         eng = self.engine
         while True:
@@ -186,6 +202,7 @@ class EngineWorker:
             while command is not None:
                 if command[0] == "stop":
                     self._abort_all("cancelled", "the server is shutting down")
+                    self._wake()
                     return
                 self._apply(*command)
                 try:
@@ -201,8 +218,10 @@ class EngineWorker:
                     self.failures += 1
                     logger.exception("%s: engine step failed; its requests end with an error", self.name)
                     self._abort_all("error", f"the engine failed ({type(err).__name__}); retry the request")
-            self._live = {g for g in self._live if g.request is not None and not g.request.finished}
+            self._wake()
             self.waiting, self.running = len(eng.waiting), len(eng.running)
+            if len(self._live) > self.waiting + self.running:  # some ended: forget them
+                self._live = {g for g in self._live if g.request is not None and not g.request.finished}
             self.stats = dict(eng.stats)
 
     def _apply(self, kind: str, generation: Generation) -> None:
@@ -221,6 +240,10 @@ class EngineWorker:
         except DeepseekOCRError as err:  # checked on the loop before; a race with a limit change
             generation.end("error", str(err))
             return
+        except Exception:  # noqa: BLE001 - a bug in one submission must not end the thread
+            logger.exception("%s: submitting %s failed", self.name, generation.id)
+            generation.end("error", "the engine could not take the request")
+            return
         self._live.add(generation)
 
     def _abort_all(self, reason: str, error: str) -> None:
@@ -234,3 +257,8 @@ class EngineWorker:
         for g in live:
             g.end(reason, error)
         self._live.clear()
+
+
+def _set_events(generations: list[Generation]) -> None:
+    for g in generations:
+        g._event.set()
