@@ -6,6 +6,8 @@ its absence is an error, never a skip.
 """
 from __future__ import annotations
 
+import ctypes
+import gc
 import json
 import os
 import subprocess
@@ -105,6 +107,40 @@ def golden_stages(shared_dir):
     return safe_open(str(shared_dir / "parity" / "golden_stages.safetensors"), "pt")
 
 
+def _load_malloc_trim():
+    try:
+        return ctypes.CDLL("libc.so.6").malloc_trim
+    except (OSError, AttributeError):  # not glibc: nothing to hand back this way
+        return None
+
+
+_MALLOC_TRIM = _load_malloc_trim()
+
+
+def _release_freed_memory() -> None:
+    """Hand the heap's free pages back to the OS. The suite runs in one process, and glibc keeps
+    what tensors under its mmap threshold (32 MB at most) leave behind: encoding the parity
+    images left 0.9 GB resident after every tensor of theirs was gone, which then sat under
+    every later test."""
+    if _MALLOC_TRIM is not None:
+        _MALLOC_TRIM(0)
+
+
+@pytest.fixture(autouse=True)
+def _trim_after_each_test():
+    yield
+    _release_freed_memory()  # ~10 ms; more only when there is much to hand back
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _collect_after_each_module():
+    """Set up before, so torn down after, the module's own fixtures: their models are dropped
+    by then, and any reference cycles go with this collection."""
+    yield
+    gc.collect()
+    _release_freed_memory()
+
+
 @pytest.fixture(autouse=True)
 def _triton_on_cpu_in_kernel_tests(request):
     """Tests under tests/kernels drive the Triton kernels on CPU tensors through the interpreter
@@ -117,11 +153,24 @@ def _triton_on_cpu_in_kernel_tests(request):
         yield
 
 
+# The vision-tower stages that tests/test_parity.py compares with the recorded ones, per case.
+# The session's encoding cache keeps these taps only: all of them (every SAM block of every
+# view) are 1.2 GB over the five parity images, and they stayed resident for the whole run.
+PARITY_STAGES = {
+    "tiny_receipt": ["global.sam_block0", "global.sam_block2", "global.sam_neck", "global.sam_out",
+                     "global.clip_out", "global.projector_out"],
+    "gundam_tall": ["global.sam_out", "global.clip_out", "global.projector_out",
+                    "crops.sam_out", "crops.clip_out", "crops.projector_out"],
+}
+_KEPT_TAPS = frozenset(stage for stages in PARITY_STAGES.values() for stage in stages)
+
+
 @pytest.fixture(scope="session")
 def encoded_views(small_model, shared_dir):
     """`encode(image, mode) -> (vision_rows, taps)`, computed once per (image, mode) for the
     whole session: the parity images are the expensive part of the suite, and the inference
-    and training parity tests share them. `image` is relative to the shared folder."""
+    and training parity tests share them. `image` is relative to the shared folder; `taps`
+    holds the stages of `PARITY_STAGES` (of any case)."""
     cache: dict = {}
 
     def encode(image: str, mode: str):
@@ -133,18 +182,28 @@ def encoded_views(small_model, shared_dir):
             with torch.inference_mode():
                 tiles = tuple(inp.images_spatial_crop[0].tolist())
                 rows = small_model.model.vision(inp.global_view.to(dev), [inp.crops.to(dev)], [tiles], taps)[0]
-            cache[key] = (rows, taps)
+            cache[key] = (rows, {name: t for name, t in taps.items() if name in _KEPT_TAPS})
         return cache[key]
     return encode
 
 
 if os.environ.get("DEEPSEEK_OCR_TEST_RSS_LOG"):
-    # Where the suite's peak memory comes from: the process's peak RSS after each test.
+    # Where the suite's peak memory comes from: per test, the process's peak RSS so far and its
+    # RSS now (MB). The peak only rises; the current value shows what a test left resident
+    # (a model kept alive, a cache), which is what adds up over a one-process run.
     import resource
+
+    def _current_rss_mb() -> float:
+        try:
+            with open("/proc/self/statm", encoding="ascii") as statm:
+                return int(statm.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
+        except OSError:  # not Linux: no current value
+            return float("nan")
 
     @pytest.fixture(autouse=True)
     def _log_peak_rss(request):
         yield
         peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+        _release_freed_memory()  # as `_trim_after_each_test` does, which may run after this
         with open(os.environ["DEEPSEEK_OCR_TEST_RSS_LOG"], "a", encoding="utf-8") as log:
-            log.write(f"{peak_mb:.0f} {request.node.nodeid}\n")
+            log.write(f"{peak_mb:.0f} {_current_rss_mb():.0f} {request.node.nodeid}\n")
