@@ -1,15 +1,17 @@
 """LoRA (training/lora.py), PEFT adapter files (training/adapter.py) and trainable presets, on the
 3-layer parity checkpoint (float32, CPU).
 
-The session's `small_model` is shared with other tests, and memory is tight (a copy is 1.7 GB),
+The session's `small_model` is shared with other tests, and memory is tight (a copy is 3 GB),
 so the tests use it in place: LoRA is unloaded, `requires_grad` and train/eval flags restored
 after every test, and the only weights a test changes (a bias) are put back from a copy.
-Merging happens on models this module loads itself.
+The one test that loads models of its own (merge through `from_pretrained(adapter=)`, save and
+reload) loads the tiny model of tests/tiny_model.py from a folder instead: two more copies of
+the parity checkpoint beside the session's were the suite's peak, and what it checks (the
+adapter's logits survive merging, saving and reloading) does not depend on the model's size.
 """
 from __future__ import annotations
 
 import copy
-import gc
 import json
 import math
 import types
@@ -34,6 +36,8 @@ from deepseek_ocr.training.lora import (CLIP_ATTENTION_TARGETS, DECODER_TARGETS,
 from deepseek_ocr.training.trainable import PresetError, set_trainable
 from deepseek_ocr.weights.random import random_config
 
+from tiny_model import save_tiny_checkpoint
+
 ALL_TARGETS = DECODER_TARGETS + CLIP_ATTENTION_TARGETS + SAM_ATTENTION_TARGETS + PROJECTOR_TARGETS
 P = "base_model.model."
 
@@ -55,12 +59,16 @@ def _leave_small_model_as_found(ocr):
         m.training = modes[n]
 
 
-@pytest.fixture(scope="module")
-def inputs(ocr):
+def make_inputs(ocr):
     rng = np.random.default_rng(0)
     img = Image.fromarray(rng.integers(0, 255, (96, 160, 3), dtype=np.uint8))
     return [ocr.prepare(None, "Text only: the quick brown fox jumps over the lazy dog."),
             ocr.prepare(img, "<image>\nFree OCR.", mode="tiny")]
+
+
+@pytest.fixture(scope="module")
+def inputs(ocr):
+    return make_inputs(ocr)
 
 
 @pytest.fixture(scope="module")
@@ -116,17 +124,26 @@ def test_linear_lora_equals_float64_reference(ocr):
 
 def _expert_reference(x, weights, ids, gate_up, down, factors, scale):
     """Per token, sum_j w_j * down_e(silu(gate_e x) * up_e x) with W + B @ A * scale, one expert
-    at a time (no grouping, no stacking: independent of both implementations)."""
+    at a time (no grouping, no stacking: independent of both implementations).
+
+    Each expert's merged matrices are built once and reused by its tokens: built per (token,
+    slot), autograd kept 42 float64 copies of three 896 x 1280 matrices (1.2 GB)."""
     inter = down.shape[-1]
+    merged = {}
+
+    def expert(e):
+        if e not in merged:
+            wg, wu, wd = gate_up[e, :inter], gate_up[e, inter:], down[e]
+            merged[e] = (wg + factors["gate_proj"][1][e] @ factors["gate_proj"][0][e] * scale,
+                         wu + factors["up_proj"][1][e] @ factors["up_proj"][0][e] * scale,
+                         wd + factors["down_proj"][1][e] @ factors["down_proj"][0][e] * scale)
+        return merged[e]
+
     out = []
     for t in range(x.shape[0]):
         acc = 0
         for j in range(ids.shape[1]):
-            e = int(ids[t, j])
-            wg, wu, wd = gate_up[e, :inter], gate_up[e, inter:], down[e]
-            wg = wg + factors["gate_proj"][1][e] @ factors["gate_proj"][0][e] * scale
-            wu = wu + factors["up_proj"][1][e] @ factors["up_proj"][0][e] * scale
-            wd = wd + factors["down_proj"][1][e] @ factors["down_proj"][0][e] * scale
+            wg, wu, wd = expert(int(ids[t, j]))
             h = F.silu(wg @ x[t]) * (wu @ x[t])
             acc = acc + weights[t, j] * (wd @ h)
         out.append(acc)
@@ -282,19 +299,29 @@ def test_save_load_gives_identical_logits(ocr, inputs, tmp_path):
     assert torch.equal(ocr.logits(inputs[0]), want)
 
 
-def test_merge_save_pretrained_from_pretrained(ocr, small_checkpoint, inputs, base_logits, tmp_path):
-    original = {n: type(m) for n, m in ocr.model.named_modules()}
-    keys = list(ocr.model.state_dict())
-    apply_lora(ocr.model, LoraConfig(r=8, alpha=16, target_modules=ALL_TARGETS))
-    randomize(ocr.model)
-    want = logits(ocr, inputs)
-    save_adapter(ocr.model, tmp_path / "adapter")
+@pytest.fixture(scope="module")
+def tiny_folder(tmp_path_factory):
+    return save_tiny_checkpoint(tmp_path_factory.mktemp("tiny") / "ckpt")
+
+
+def test_merge_save_pretrained_from_pretrained(tiny_folder, tmp_path):
+    """On the tiny model (see the module docstring): LoRA on every target kind, the adapter
+    merged by `from_pretrained(adapter=)`, then saved and reloaded."""
+    tiny = DeepseekOCR.from_pretrained(tiny_folder, device="cpu", dtype=torch.float32)
+    inputs = make_inputs(tiny)
+    base_logits = logits(tiny, inputs)
+    original = {n: type(m) for n, m in tiny.model.named_modules()}
+    keys = list(tiny.model.state_dict())
+    apply_lora(tiny.model, LoraConfig(r=8, alpha=16, target_modules=ALL_TARGETS))
+    randomize(tiny.model)
+    want = logits(tiny, inputs)
+    save_adapter(tiny.model, tmp_path / "adapter")
     with pytest.raises(AdapterError, match="merge_lora"):
-        ocr.save_pretrained(tmp_path / "refused")
-    unload(ocr.model)
+        tiny.save_pretrained(tmp_path / "refused")
+    unload(tiny.model)
 
     # from_pretrained(adapter=...) merges by default, through merge_lora
-    merged = DeepseekOCR.from_pretrained(small_checkpoint, device="cpu", dtype=torch.float32,
+    merged = DeepseekOCR.from_pretrained(tiny_folder, device="cpu", dtype=torch.float32,
                                          adapter=tmp_path / "adapter")
     assert not has_lora(merged.model) and not hasattr(merged.model, "lora_config")
     assert {n: type(m) for n, m in merged.model.named_modules()} == original
@@ -303,13 +330,9 @@ def test_merge_save_pretrained_from_pretrained(ocr, small_checkpoint, inputs, ba
     for got, w, b in zip(merged_logits, want, base_logits):
         assert rel(got, w) < 1e-5 and rel(got, b) > 1e-3
     merged.save_pretrained(tmp_path / "merged", dtype=torch.float32)
-    del merged
-    gc.collect()
     reloaded = DeepseekOCR.from_pretrained(tmp_path / "merged", device="cpu", dtype=torch.float32)
     for got, m, w in zip(logits(reloaded, inputs), merged_logits, want):
         assert torch.equal(got, m) and rel(got, w) < 1e-5
-    del reloaded
-    gc.collect()
 
 
 def test_merge_lora_in_place(ocr, inputs):

@@ -7,12 +7,14 @@ parity tests use the recorded 3-layer checkpoint instead.
 from __future__ import annotations
 
 import math
+import shutil
 import zlib
 from pathlib import Path
 
 import torch
 
 REPO = Path(__file__).resolve().parent.parent
+TOKENIZER = REPO / "deepseek_ocr" / "assets" / "tokenizer"
 
 
 def tiny_config_dict(dense: bool = False) -> dict:
@@ -53,5 +55,15 @@ def tiny_model(seed: int = 0, dense: bool = False):
             else:
                 x = x / math.sqrt(math.prod(p.shape[1:]))
             p.copy_(x)
-    tok = Tokenizer.from_folder(REPO / "deepseek_ocr" / "assets" / "tokenizer")
+    tok = Tokenizer.from_folder(TOKENIZER)
     return DeepseekOCR(net.eval(), tok)
+
+
+def save_tiny_checkpoint(folder: str | Path, seed: int = 0) -> Path:
+    """The tiny model written as a checkpoint folder in float32 (~70 MB), for tests that load
+    models through `from_pretrained`. `save_pretrained` copies the tokenizer files of the folder
+    a model was loaded from; this one was built in memory, so the bundled ones are copied."""
+    folder = tiny_model(seed).save_pretrained(folder, dtype=torch.float32)
+    for name in ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json"):
+        shutil.copy(TOKENIZER / name, folder / name)
+    return folder
