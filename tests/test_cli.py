@@ -1,8 +1,8 @@
 """The `deepseek-ocr` command: in-process, as `python -m deepseek_ocr`, and under torchrun (CPU, gloo).
 
-Uses the 2-layer random checkpoint of test_pipeline.py (one build per session). What is the
-process's own behaviour (exit codes, messages, file modes, what gets imported) is tested on a
-subprocess.
+Uses the 2-layer, narrow-decoder random checkpoint of test_pipeline.py (one build per
+session). What is the process's own behaviour (exit codes, messages, file modes, what gets
+imported) is tested on a subprocess.
 """
 from __future__ import annotations
 
@@ -35,10 +35,8 @@ def ckpt(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="module")
 def model(ckpt):
-    """The model of this module's in-process runs (released after the module)."""
-    loaded = load_model(ckpt)
-    yield loaded
-    del loaded
+    """The model of this module's in-process runs (pytest drops it after the module)."""
+    return load_model(ckpt)
 
 
 @pytest.fixture
