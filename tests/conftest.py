@@ -115,30 +115,40 @@ def _load_malloc_trim():
 
 
 _MALLOC_TRIM = _load_malloc_trim()
+_RSS_LOG = os.environ.get("DEEPSEEK_OCR_TEST_RSS_LOG")
 
 
-def _release_freed_memory() -> None:
-    """Hand the heap's free pages back to the OS. The suite runs in one process, and glibc keeps
-    what tensors under its mmap threshold (32 MB at most) leave behind: encoding the parity
-    images left 0.9 GB resident after every tensor of theirs was gone, which then sat under
-    every later test."""
+def _current_rss_mb() -> float:
+    try:
+        with open("/proc/self/statm", encoding="ascii") as statm:
+            return int(statm.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
+    except OSError:  # not Linux: no current value
+        return float("nan")
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_protocol(item, nextitem):
+    """The whole suite runs in one process, so what a test file leaves resident sits under every
+    later one. After each test, once pytest has let go of its fixture values (it drops them only
+    after the teardown hooks, so a fixture cannot do this):
+    - at the end of a test file, collect garbage: a model and its engine refer to each other, so
+      a module's model was freed only by a later collection, and two files' models (1.7 GB
+      each) were resident together;
+    - hand glibc's free heap pages back to the OS (~10 ms): it keeps what tensors under its
+      mmap threshold (32 MB at most) leave behind, 0.9 GB after encoding the parity images.
+    With DEEPSEEK_OCR_TEST_RSS_LOG=FILE, each test then appends the process's peak RSS so far
+    and its RSS now (MB) to FILE: the peak says where the suite's maximum is reached, the
+    current value what stays resident."""
+    yield
+    if nextitem is None or getattr(nextitem, "module", None) is not getattr(item, "module", None):
+        gc.collect()
     if _MALLOC_TRIM is not None:
         _MALLOC_TRIM(0)
-
-
-@pytest.fixture(autouse=True)
-def _trim_after_each_test():
-    yield
-    _release_freed_memory()  # ~10 ms; more only when there is much to hand back
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _collect_after_each_module():
-    """Set up before, so torn down after, the module's own fixtures: their models are dropped
-    by then, and any reference cycles go with this collection."""
-    yield
-    gc.collect()
-    _release_freed_memory()
+    if _RSS_LOG:
+        import resource
+        peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+        with open(_RSS_LOG, "a", encoding="utf-8") as log:
+            log.write(f"{peak_mb:.0f} {_current_rss_mb():.0f} {item.nodeid}\n")
 
 
 @pytest.fixture(autouse=True)
@@ -185,25 +195,3 @@ def encoded_views(small_model, shared_dir):
             cache[key] = (rows, {name: t for name, t in taps.items() if name in _KEPT_TAPS})
         return cache[key]
     return encode
-
-
-if os.environ.get("DEEPSEEK_OCR_TEST_RSS_LOG"):
-    # Where the suite's peak memory comes from: per test, the process's peak RSS so far and its
-    # RSS now (MB). The peak only rises; the current value shows what a test left resident
-    # (a model kept alive, a cache), which is what adds up over a one-process run.
-    import resource
-
-    def _current_rss_mb() -> float:
-        try:
-            with open("/proc/self/statm", encoding="ascii") as statm:
-                return int(statm.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
-        except OSError:  # not Linux: no current value
-            return float("nan")
-
-    @pytest.fixture(autouse=True)
-    def _log_peak_rss(request):
-        yield
-        peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-        _release_freed_memory()  # as `_trim_after_each_test` does, which may run after this
-        with open(os.environ["DEEPSEEK_OCR_TEST_RSS_LOG"], "a", encoding="utf-8") as log:
-            log.write(f"{peak_mb:.0f} {_current_rss_mb():.0f} {request.node.nodeid}\n")
