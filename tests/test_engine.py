@@ -239,3 +239,24 @@ def test_a_failing_listener_cancels_only_its_request(ocr):
     eng.run([bad, good])
     assert bad.finish_reason == "cancelled" and "listener" in bad.error and bad.slot is None
     assert good.token_ids == alone(ocr, PROMPTS[1], max_new_tokens=6).token_ids
+
+
+def test_weights_may_change_once_every_request_is_done(ocr):
+    """A finished call can leave the last step's read-back in flight (nothing of it is needed):
+    changing the weights then rebuilds the engine instead of refusing (as training between two
+    generate calls does)."""
+    calls = [0]
+
+    def eos_second(logits):  # the 2nd token is EOS: the request ends while a step is in flight
+        if calls[0] == 1:
+            logits[..., ocr.tokenizer.eos_id] = 1e4
+        calls[0] += 1
+
+    with edited_logits(ocr, eos_second):
+        r = ocr.generate(None, prompt=PROMPTS[0], max_new_tokens=6)
+    assert r.finish_reason == "stop" and len(r.token_ids) == 1
+    q = ocr.model.decoder.layers[0].self_attn.q_proj.weight
+    with torch.no_grad():
+        q.add_(0.0)  # an in-place update: the version changes, the values do not
+    assert ocr.generate(None, prompt=PROMPTS[0], max_new_tokens=3).token_ids == \
+        alone(ocr, PROMPTS[0], max_new_tokens=3).token_ids

@@ -37,7 +37,7 @@ def engine_for(model, tokenizer, **engine_kwargs) -> Engine:
     sig = (_signature(model), tuple(sorted(engine_kwargs.items())))
     eng = getattr(model, "_engine", None)
     if eng is None or getattr(model, "_engine_signature", None) != sig or eng.tokenizer is not tokenizer:
-        if eng is not None and eng.has_work:
+        if eng is not None and (eng.waiting or eng.running):
             from ..errors import GenerationError
             raise GenerationError("the model's weights changed while its engine still had requests running")
         model._engine = None  # drop the old engine's cache before allocating the new one

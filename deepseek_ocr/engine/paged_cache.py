@@ -126,13 +126,14 @@ class PagedBatch:
 
 
 def default_pool_blocks(cfg, device: torch.device, dtype: torch.dtype, slots: int, block_size: int) -> tuple[int, int]:
-    """(initial blocks, most blocks): start with room for every slot at 1,024 tokens; grow up to
-    what every slot at the full context needs, or 60% of the memory free now, whichever is less."""
+    """(initial blocks, most blocks): start with room for every slot at 1,024 tokens (on the CPU,
+    for 4 such requests: memory there is the process's own, and the pool doubles on demand); grow
+    up to what every slot at the full context needs, or 60% of the memory free now on a GPU."""
     per_block = PagedKVCache.bytes_per_block(cfg.num_layers, cfg.num_heads, cfg.head_dim, block_size, dtype)
     full = slots * (-(-cfg.max_position_embeddings // block_size)) + 1
     most = full
     if device.type == "cuda":
         free, _ = torch.cuda.mem_get_info(device)
         most = max(2, min(full, int(free * 0.6) // per_block))
-    initial = min(most, slots * (-(-1024 // block_size)) + 1)
+    initial = min(most, (slots if device.type == "cuda" else min(slots, 4)) * (-(-1024 // block_size)) + 1)
     return initial, most
