@@ -33,14 +33,16 @@ def test_slot_rule_matches_the_official_host_rule_per_row():
     seqs = [list(p) for p in prompts]
     index = torch.tensor(slots)
     for _ in range(60):
-        banned = torch.isinf(rule.ban(torch.zeros(len(seqs), vocab), index))
+        # Only the columns in use (as the engine passes them): the longest row plus room for one.
+        width = max(len(seq) for seq in seqs) + 1
+        banned = torch.isinf(rule.ban(torch.zeros(len(seqs), vocab), index, width))
         for b, (seq, n) in enumerate(zip(seqs, sizes)):
             expected = _reference_banned_ngram_tokens(seq, n) if n else set()
             assert set(torch.nonzero(banned[b]).flatten().tolist()) == expected, (b, len(seq))
         toks = [rng.randrange(vocab) for _ in seqs]
         for seq, t in zip(seqs, toks):
             seq.append(t)
-        rule.append(torch.tensor(toks), index)
+        rule.append(torch.tensor(toks), index, width)
 
 
 @pytest.mark.parametrize("n,window", [(3, 10), (2, 5), (4, 90)])

@@ -314,14 +314,21 @@ class Engine:
         self.stats["steps"] += 1
         return True
 
+    def _rule_width(self) -> int:
+        """Columns of the n-gram histories in use: every running row's ids (prompt and output so
+        far, plus this step's) fit; rounded up so the shapes repeat."""
+        longest = max(r.cache_length for r in self.running.values()) + 2
+        return min(self.context, -(-longest // 256) * 256)
+
     def _choose(self, logits: torch.Tensor, slots: torch.Tensor | None, reqs: Sequence[Request]
                 ) -> tuple[torch.Tensor, torch.Tensor]:
         """Bans, token choice and fault flags for logits whose row r is slot `slots[r]` (or r)."""
         bad = check_finite(logits)
+        width = self._rule_width()
         if any(r.options.no_repeat_ngram_size for r in reqs):
-            self.official_rule.ban(logits, slots)
+            self.official_rule.ban(logits, slots, width)
         if any(r.options.windowed_ngram_size for r in reqs):
-            self.windowed_rule.ban(logits, slots)
+            self.windowed_rule.ban(logits, slots, width)
         ids = torch.argmax(logits, dim=-1)
         for i, r in enumerate(reqs):
             if not r.options.sampled:
@@ -332,9 +339,9 @@ class Engine:
                                       top_p=o.top_p, generator=r.generator)
             ids[row:row + 1] = pick
         if any(r.options.no_repeat_ngram_size for r in reqs):
-            self.official_rule.append(ids, slots)
+            self.official_rule.append(ids, slots, width)
         if any(r.options.windowed_ngram_size for r in reqs):
-            self.windowed_rule.append(ids, slots)
+            self.windowed_rule.append(ids, slots, width)
         return ids, bad
 
     # ---------------------------------------------------------------------------- results

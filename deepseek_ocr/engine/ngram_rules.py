@@ -75,15 +75,19 @@ class SlotNGramRule:
             total += run.int()
         self.match[slot, :len(ids)] = total
 
-    def ban(self, logits: torch.Tensor, slots: torch.Tensor | None = None) -> torch.Tensor:
+    def ban(self, logits: torch.Tensor, slots: torch.Tensor | None = None, width: int | None = None
+            ) -> torch.Tensor:
         """Set the banned ids of each row to -inf in place; row r of `logits` is slot `slots[r]`
-        (default: slot r)."""
+        (default: slot r). `width`: no row holds more than `width - 1` ids (the host knows; the
+        work then covers those columns only)."""
         rows = logits.shape[0]
+        w = self.capacity if width is None else min(width, self.capacity)
         pick = (lambda t: t[:rows]) if slots is None else (lambda t: t.index_select(0, slots))
-        history, match, lengths = pick(self.history), pick(self.match), pick(self.lengths)
+        history, match = pick(self.history[:, :w]), pick(self.match[:, :w])
+        lengths = pick(self.lengths)
         n, window = pick(self.n).long(), pick(self.window)
         before = torch.nn.functional.pad(match[:, :-1], (1, 0))  # match[t-1]; 0 at t = 0
-        t = self._pos[None, :]
+        t = self._pos[None, :w]
         hit = (n[:, None] > 0) & (before >= (n - 1)[:, None]) & (t < lengths[:, None])
         hit &= t - n[:, None] + 1 >= lengths[:, None] - window[:, None]
         cols = torch.where(hit, history, self.vocab)  # column `vocab` absorbs the misses
@@ -94,17 +98,21 @@ class SlotNGramRule:
             banned &= ~pick(self.whitelist)
         return logits.masked_fill_(banned, float("-inf"))
 
-    def append(self, tokens: torch.Tensor, slots: torch.Tensor | None = None) -> None:
-        """Append one id per row (`tokens [R]`) to slots `slots` (default 0..R-1)."""
+    def append(self, tokens: torch.Tensor, slots: torch.Tensor | None = None, width: int | None = None) -> None:
+        """Append one id per row (`tokens [R]`) to slots `slots` (default 0..R-1); `width` as
+        for `ban` (every row shorter than `width` ids before the append)."""
         rows = tokens.shape[0]
+        w = self.capacity if width is None else min(width, self.capacity)
         if slots is None:
             slots = torch.arange(rows, device=tokens.device)
-        history, match = self.history.index_select(0, slots), self.match.index_select(0, slots)
+        history = self.history[:, :w].index_select(0, slots)
+        match = self.match[:, :w].index_select(0, slots)
         n = self.n.index_select(0, slots)
         eq = history == tokens[:, None]  # slots at or past the length hold -1, never equal
         shifted = torch.nn.functional.pad(match[:, :-1], (1, 0))
         cap = (n - 1).clamp(min=0)[:, None]
-        self.match.index_copy_(0, slots, torch.where(eq, torch.minimum(shifted + 1, cap), 0).to(torch.int32))
+        new = torch.where(eq, torch.minimum(shifted + 1, cap), 0).to(torch.int32)
+        self.match[:, :w].index_copy_(0, slots, new)
         pos = self.lengths.index_select(0, slots).clamp(max=self.capacity - 1)
         self.history.index_put_((slots, pos), tokens)
         self.lengths.index_add_(0, slots, torch.ones_like(pos))
