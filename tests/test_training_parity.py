@@ -84,7 +84,9 @@ def test_loss_and_gradients_match_official(name, frozen_vision, train_inputs, tr
     batch = [train_inputs[n] for n in c.get("batch", [name])]
     model = frozen_vision
     model.zero_grad()
-    out = model.loss(batch, aux_loss=c["aux_loss"])
+    # The two-sample batch (the suite's memory peak: 1.7 GB of saved activations) runs with
+    # per-layer gradient checkpointing, which the recorded gradients then check too.
+    out = model.loss(batch, aux_loss=c["aux_loss"], gradient_checkpointing=name == "t_batch")
     out.loss.backward()
     ref_loss = f.get_tensor(f"{name}.loss").item()
     assert out.ce.item() == pytest.approx(ref_loss, rel=LOSS_TOL)
