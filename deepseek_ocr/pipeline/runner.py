@@ -40,19 +40,16 @@ from typing import Callable, Iterable, Iterator, Sequence
 import torch
 
 from ..errors import DeepseekOCRError, PromptError
-from ..engine import GenerationOptions, engine_for, supports_model
-from ..generation.generate import GenerationResult, generate, make_result
+from ..generation.generate import GenerationResult, generate
 from ..inputs import PageRef
 from ..ocr import DEFAULT_PROMPT
 from ..postprocess import PageRender, render_page
 from ..processing.views import Mode, resolve_mode
 from . import writer
+from .continuous import OutOfMemoryError, run_continuous, runs_on_engine
 from .progress import NullWatch
 
 logger = logging.getLogger(__name__)
-
-# torch >= 2.5 has the top-level name; older builds only the CUDA one.
-OutOfMemoryError = getattr(torch, "OutOfMemoryError", torch.cuda.OutOfMemoryError)
 
 # What one bad input may raise without stopping the run (section 21). Anything else is a bug
 # and propagates.
@@ -132,6 +129,28 @@ class _Immediate:
         return self._value
 
 
+class _Feed:
+    """Pages from an iterator into `_Slot`s, up to `lookahead` ahead, prepared in `pool`."""
+
+    def __init__(self, it: Iterator[PageRef], pool: ThreadPoolExecutor | None, new_slot, lookahead: int):
+        self.it, self.pool, self.new_slot, self.lookahead = it, pool, new_slot, lookahead
+        self.pending: deque[_Slot] = deque()
+        self.exhausted = False
+
+    def fill(self) -> None:
+        while not self.exhausted and len(self.pending) < self.lookahead:
+            try:
+                page = next(self.it)
+            except StopIteration:
+                self.exhausted = True
+                return
+            self.pending.append(self.new_slot(page, self.pool))
+
+    def close(self) -> None:
+        if self.pool is not None:
+            self.pool.shutdown(wait=True, cancel_futures=True)
+
+
 @contextlib.contextmanager
 def _steps_to(ocr, watch) -> Iterator[None]:
     """Tell `watch` of every decoder forward while the block runs (the prefill, then one per
@@ -146,10 +165,6 @@ def _steps_to(ocr, watch) -> Iterator[None]:
         yield
     finally:
         handle.remove()
-
-
-def _result_of(ocr, req) -> GenerationResult:
-    return make_result(ocr, req.inputs, req.token_ids, req.finish_reason, req.error)
 
 
 def _describe_page(page: PageRef) -> str:
@@ -354,136 +369,24 @@ class _Runner:
             self._expected = {}
             for page in pages:
                 self._expected[page.document.name] = self._expected.get(page.document.name, 0) + 1
-        if self._continuous():
-            return self._run_continuous(pages)
+        if runs_on_engine(self):
+            return run_continuous(self, pages)
         return self._run_static(pages)
 
-    def _continuous(self) -> bool:
-        """The engine runs the pages, unless the reference loop was asked for (`fast=False`), the
-        model carries unmerged LoRA factors (only the reference loop honours them), or this
-        object's `generate` was replaced (a wrapper or a test double): then pages go through
-        that `generate` in windows of `batch_size`."""
-        model = getattr(self.ocr, "model", None)
-        own = getattr(self.ocr, "__dict__", {}).get("generate")  # an instance attribute shadowing the method
-        replaced = own is not None and getattr(own, "__func__", None) is not getattr(type(self.ocr), "generate", None)
-        return self.gen_kwargs.get("fast") is not False and not replaced \
-            and isinstance(model, torch.nn.Module) and supports_model(model)
-
-    def _run_continuous(self, pages: Iterable[PageRef]) -> Iterator[PageOutcome]:
-        """Pages stream through the engine: up to `batch_size` of them decode at once, a new one
-        joins the moment one ends, and outcomes leave in input order as soon as they are done."""
-        eng = engine_for(self.ocr.model, self.ocr.tokenizer)
-        opts = GenerationOptions.from_kwargs(self.gen_kwargs)
-        it = iter(pages)
-        pending: deque[_Slot] = deque()  # prepared (or preparing) pages, not yet given to the engine
-        order: deque[_Slot] = deque()  # given out, in input order, waiting to be emitted
-        exhausted = False
-        in_engine = 0
+    def _feed(self, pages: Iterable[PageRef]) -> "_Feed":
+        """The pages ahead of the model, being prepared by the worker threads."""
         pool = ThreadPoolExecutor(self.workers, thread_name_prefix="deepseek-ocr-prepare") \
             if self.workers > 0 else None
-        finisher = ThreadPoolExecutor(self.workers, thread_name_prefix="deepseek-ocr-finish") \
-            if self.workers > 0 else None
+        return _Feed(iter(pages), pool, self._new_slot, self.lookahead)
 
-        def fill() -> None:
-            nonlocal exhausted
-            while not exhausted and len(pending) < self.lookahead:
-                try:
-                    page = next(it)
-                except StopIteration:
-                    exhausted = True
-                    return
-                pending.append(self._new_slot(page, pool))
-
-        def finished(slot: _Slot, req) -> None:
-            nonlocal in_engine
-            in_engine -= 1
-            slot.timings.update(generate_s=req.finished_at - req.submitted_at, batch_size=self.batch_size)
-            slot.result = _result_of(self.ocr, req)
-            if req.finish_reason == "error":
-                slot.fail("GenerationError", req.error or "generation failed")
-
-        def done(slot: _Slot) -> bool:
-            return slot.skipped is not None or slot.error is not None or slot.result is not None
-
-        try:
-            with self.watch.batch(self.batch_size):
-                while True:
-                    fill()
-                    while pending and in_engine < self.batch_size:
-                        head = pending[0]
-                        if hasattr(head.future, "done") and not head.future.done() and eng.has_work:
-                            break  # the engine has work: decode on while the page is prepared
-                        slot = pending.popleft()
-                        if slot.future is not None:
-                            self._resolve(slot)
-                        if slot.skipped is None and slot.error is None:
-                            try:
-                                slot.request = eng.submit(slot.inputs, opts, listener=lambda r, ids, s=slot:
-                                           finished(s, r) if r.finished else None)
-                                in_engine += 1
-                            except DeepseekOCRError as err:
-                                slot.fail(type(err).__name__, str(err))
-                        order.append(slot)
-                        fill()
-                    # Post-processing (render, drawn boxes, files) of every finished page runs
-                    # in the finishing threads while the engine decodes on; outcomes leave in
-                    # input order.
-                    for slot in order:
-                        if slot.finishing is None and done(slot):
-                            slot.finishing = finisher.submit(self._finish, slot) if finisher \
-                                else _Immediate(self._finish, slot)
-                    while order and order[0].finishing is not None and \
-                            (not eng.has_work or not hasattr(order[0].finishing, "done")
-                             or order[0].finishing.done()):
-                        yield self._emit_finished(order.popleft())
-                    if not order and not pending and exhausted:
-                        break
-                    if eng.has_work:
-                        try:
-                            eng.step()
-                        except OutOfMemoryError as err:
-                            self._out_of_memory(eng, order, err)
-                        self.watch.step()
-            for name in list(self._docs):
-                self._close_document(name)
-        finally:
-            eng.abort([s.request for s in order if s.request is not None])
-            for executor in (pool, finisher):
-                if executor is not None:
-                    executor.shutdown(wait=True, cancel_futures=True)
-
-    def _out_of_memory(self, eng, order, err) -> None:
-        """A step ran out of memory: the pages in the engine fail with the reason, the engine's
-        work is dropped, and later pages go in fewer at a time."""
-        reqs = list(eng.running.values()) + list(eng.waiting)
-        eng.abort(reqs)
-        message = f"out of memory with {len(reqs)} pages in the engine: {err}"
-        for slot in order:
-            if slot.result is not None and slot.result.finish_reason == "cancelled":
-                slot.result = None
-                slot.fail("OutOfMemoryError", message)
-        if self.ocr.device.type == "cuda":
-            torch.cuda.empty_cache()
-        self.batch_size = max(1, self.batch_size // 2)
-        logger.warning("%s; continuing with %d pages at a time", message, self.batch_size)
+    def _finish_later(self, slot: _Slot, executor: ThreadPoolExecutor | None):
+        """`_finish(slot)` in `executor` (a future), or now (`executor` None)."""
+        return executor.submit(self._finish, slot) if executor is not None else _Immediate(self._finish, slot)
 
     def _run_static(self, pages: Iterable[PageRef]) -> Iterator[PageOutcome]:
         """Windows of `batch_size` pages, one `ocr.generate` call each (the reference loop's way)."""
-        it = iter(pages)
-        pending: deque[_Slot] = deque()
-        exhausted = False
-        pool = ThreadPoolExecutor(self.workers, thread_name_prefix="deepseek-ocr-prepare") \
-            if self.workers > 0 else None
-
-        def fill() -> None:
-            nonlocal exhausted
-            while not exhausted and len(pending) < self.lookahead:
-                try:
-                    page = next(it)
-                except StopIteration:
-                    exhausted = True
-                    return
-                pending.append(self._new_slot(page, pool))
+        feed = self._feed(pages)
+        pending, fill = feed.pending, feed.fill
 
         try:
             while True:
@@ -517,8 +420,7 @@ class _Runner:
             for name in list(self._docs):
                 self._close_document(name)
         finally:
-            if pool is not None:
-                pool.shutdown(wait=True, cancel_futures=True)
+            feed.close()
 
 
 def run_pages(ocr, pages: Iterable[PageRef], *, prompt: str = DEFAULT_PROMPT, mode: str | Mode = "gundam",
