@@ -5,10 +5,15 @@ Same weights and the same function as `Decoder` (which stays the reference), arr
 * Prefill packs the prompts of a batch end to end (`[N, hidden]`, `cu_seqlens`), so no compute
   is spent on padding, and runs causal attention per sequence (`kernels.prefill_attention`).
 * A decode step takes one token per row and reads each row's keys from the cache it is given
-  (the engine's paged cache, `engine.paged_cache.PagedBatch`: `positions`, `write_step`,
+  (the engine's paged cache, `engine.paged_cache.PagedBatch`: `begin_step`, `rope_and_store`,
   `attend`, `advance`). Every tensor shape depends only on the batch size and the cache's
   fixed sizes, and nothing asks the host for a value, so the step can be captured in a CUDA graph.
 * q, k and v are one matmul (weights concatenated once, here; the checkpoint keeps them apart).
+* The residual stream is carried beside the layer outputs: each residual add is folded into the
+  RMSNorm after it (`kernels.add_rms_norm`), and a decode step's rotary and KV store are one op
+  (`kernels.rope_and_store`), so a layer is: add+norm, qkv GEMM, rope+store, attention, o_proj,
+  add+norm, MLP. With kernels off (or on the CPU) the references compute what the plain ops
+  did, bit for bit (`x + residual` is `residual + x` in IEEE arithmetic).
 
 The MoE layers go through the same kernel seam as the reference (`kernels.moe_route`,
 `kernels.moe_experts`), on the flattened tokens.
@@ -47,12 +52,14 @@ class FastDecoder(nn.Module):
         k = k * cos + rotate_half(k) * sin
         return q, k, v
 
-    def _mlp(self, layer, x: torch.Tensor) -> torch.Tensor:
-        h = layer.post_attention_layernorm(x)
-        return x + layer.mlp(h)
+    @staticmethod
+    def _add_norm(norm, x: torch.Tensor, residual: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
+        """`(norm(x + residual), x + residual)` for an `RMSNorm` module (residual None: no add)."""
+        return kernels.add_rms_norm(x, residual, norm.weight, norm.eps)
 
-    def _logits(self, x: torch.Tensor) -> torch.Tensor:
-        return self.decoder.lm_head(self.decoder.norm(x)).float()
+    def _logits(self, x: torch.Tensor, residual: torch.Tensor) -> torch.Tensor:
+        h, _ = self._add_norm(self.decoder.norm, x, residual)
+        return self.decoder.lm_head(h).float()
 
     @torch.inference_mode()
     def prefill(self, embeds: torch.Tensor, cu_seqlens: torch.Tensor, max_seqlen: int,
@@ -76,30 +83,36 @@ class FastDecoder(nn.Module):
         positions = torch.arange(n, device=embeds.device) - cu_seqlens[:-1].long()[rows]  # (N,)
         cache_rows = slots[rows]
         cos, sin = self._rope(positions, embeds.dtype)
-        x = embeds
+        x, residual = embeds, None  # the layer input is x + residual (residual None: x alone)
         for i, layer in enumerate(self.decoder.layers):
-            q, k, v = self._qkv(i, layer.input_layernorm(x), cos, sin)
+            h, residual = self._add_norm(layer.input_layernorm, x, residual)
+            q, k, v = self._qkv(i, h, cos, sin)
             cache.write_packed(i, k, v, cache_rows, positions)
             attn = kernels.prefill_attention(q, k, v, cu_seqlens, max_seqlen)  # (N, nh, hd)
-            x = x + layer.self_attn.o_proj(attn.reshape(n, -1))
-            x = self._mlp(layer, x)
+            x = layer.self_attn.o_proj(attn.reshape(n, -1))
+            h, residual = self._add_norm(layer.post_attention_layernorm, x, residual)
+            x = layer.mlp(h)
         cache.seqlens[slots] = lengths.to(torch.int32)
-        return self._logits(x[cu_seqlens[1:].long() - 1])
+        last = cu_seqlens[1:].long() - 1  # the final add and norm for the last rows only
+        return self._logits(x[last], residual[last])
 
     def step(self, tokens: torch.Tensor, batch) -> torch.Tensor:
-        """One token per row (`tokens [B]`) at position `batch.positions()`; logits `[B, V]`.
+        """One token per row (`tokens [B]`) at position `batch.begin_step()`; logits `[B, V]`.
 
-        `batch` stores the new keys (`write_step`), attends over each row's cache (`attend`) and
-        then advances the rows (`advance`). Fixed shapes, no host reads: capturable.
+        `batch` gives the positions (`begin_step`), rotates q/k and stores k/v
+        (`rope_and_store`), attends over each row's cache (`attend`) and then advances the rows
+        (`advance`). Fixed shapes, no host reads: capturable.
         """
         x = self.decoder.embed_tokens(tokens)  # (B, hidden)
         b = x.shape[0]
-        cos, sin = self._rope(batch.positions(), x.dtype)
+        cos, sin = self._rope(batch.begin_step(), x.dtype)  # once per step, for every layer
+        residual = None
         for i, layer in enumerate(self.decoder.layers):
-            q, k, v = self._qkv(i, layer.input_layernorm(x), cos, sin)  # (B, nh, hd)
-            batch.write_step(i, k, v)
+            h, residual = self._add_norm(layer.input_layernorm, x, residual)
+            q = batch.rope_and_store(i, h @ self.qkv[i].t(), cos, sin)  # (B, nh, hd), k/v stored
             attn = batch.attend(i, q)
-            x = x + layer.self_attn.o_proj(attn.reshape(b, -1))
-            x = self._mlp(layer, x)
+            x = layer.self_attn.o_proj(attn.reshape(b, -1))
+            h, residual = self._add_norm(layer.post_attention_layernorm, x, residual)
+            x = layer.mlp(h)
         batch.advance()
-        return self._logits(x)
+        return self._logits(x, residual)

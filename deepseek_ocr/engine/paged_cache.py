@@ -93,7 +93,8 @@ class PagedKVCache:
 class PagedBatch:
     """The first `rows` table rows seen as one decode batch (views: stable addresses for graphs).
 
-    The protocol `FastDecoder.step` uses: `positions`, `write_step`, `attend`, `advance`.
+    The protocol `FastDecoder.step` uses: `begin_step`, `rope_and_store` (or `write_step`),
+    `attend`, `advance`.
     """
 
     def __init__(self, cache: PagedKVCache, rows: int, blocks: int | None = None):
@@ -104,9 +105,26 @@ class PagedBatch:
         self.table = cache.table[:rows] if blocks is None else cache.table[:rows, :blocks]
         self.active = cache.active[:rows]
         self._row_ids = torch.arange(rows, device=cache.table.device)
+        self._visible: torch.Tensor | None = None  # this step's attended lengths, see begin_step
 
     def positions(self) -> torch.Tensor:
         return self.seqlens
+
+    def begin_step(self) -> torch.Tensor:
+        """Start a decode step: the new tokens' positions (`seqlens`, not yet advanced).
+
+        Also computes, once for every layer of the step, the lengths attention reads (the new
+        slot included): one kernel per step instead of one per layer. Called inside the step, so
+        a captured graph recomputes them on each replay.
+        """
+        self._visible = self.seqlens + 1
+        return self.seqlens
+
+    def rope_and_store(self, layer: int, qkv: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+        """Rotary on the step's fused `qkv [rows, 3*heads*head_dim]`, k/v stored at each row's
+        slot `seqlens[r]` (as `write_step`); returns rotated q `[rows, heads, head_dim]`."""
+        c = self.cache
+        return kernels.rope_and_store(qkv, cos, sin, c.k[layer], c.v[layer], self.table, self.seqlens)
 
     def write_step(self, layer: int, k: torch.Tensor, v: torch.Tensor) -> None:
         """Row r's new k/v at its slot `seqlens[r]` (not yet advanced)."""
@@ -119,10 +137,12 @@ class PagedBatch:
 
     def attend(self, layer: int, q: torch.Tensor) -> torch.Tensor:
         c = self.cache
-        return kernels.paged_decode_attention(q, c.k[layer], c.v[layer], self.table, self.seqlens + 1)
+        visible = self._visible if self._visible is not None else self.seqlens + 1
+        return kernels.paged_decode_attention(q, c.k[layer], c.v[layer], self.table, visible)
 
     def advance(self) -> None:
         self.seqlens.add_(self.active)
+        self._visible = None
 
 
 def default_pool_blocks(cfg, device: torch.device, dtype: torch.dtype, slots: int, block_size: int) -> tuple[int, int]:

@@ -100,6 +100,35 @@ def paged_decode_attention(q: torch.Tensor, k_pool: torch.Tensor, v_pool: torch.
                      q, k_pool, v_pool, block_table, seqlens)
 
 
+def add_rms_norm(x: torch.Tensor, residual: torch.Tensor | None, weight: torch.Tensor,
+                 eps: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """`(rms_norm(x + residual), x + residual)` over the last dim, the sum rounded to x's dtype;
+    `residual=None` gives `(rms_norm(x), x)`. The norm is `decoder.model.RMSNorm`'s: float32
+    statistics, cast to x's dtype, times `weight` `[hidden]`."""
+    from .norm_rope import add_rms_norm_reference  # lazily, as paged_decode_attention's
+    return _dispatch("add_rms_norm", add_rms_norm_reference, x, residual, weight, eps)
+
+
+def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
+    """`decoder.model.RMSNorm` with this weight and eps, through the `add_rms_norm` seam."""
+    return add_rms_norm(x, None, weight, eps)[0]
+
+
+def rope_and_store(qkv: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, k_pool: torch.Tensor,
+                   v_pool: torch.Tensor, block_table: torch.Tensor, seqlens: torch.Tensor) -> torch.Tensor:
+    """One decode step's rotary and paged KV store: qkv `[B, 3*heads*head_dim]` (before rotary),
+    cos/sin `[B, head_dim]` (or `[B, 1, head_dim]`) in qkv's dtype, pools `[num_blocks, heads,
+    block_size, head_dim]`, int32 `block_table [B, max_blocks]` and `seqlens [B]`.
+
+    Rotates q and k (rotate-half), writes k and v at row r's slot `seqlens[r]` (block
+    `block_table[r, s // block_size]`, offset `s % block_size`), returns rotated q
+    `[B, heads, head_dim]`; no host sync.
+    """
+    from .norm_rope import rope_and_store_reference
+    return _dispatch("rope_and_store", rope_and_store_reference, qkv, cos, sin, k_pool, v_pool,
+                     block_table, seqlens)
+
+
 def sam_rel_attention(reference: Callable, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
                       rel_pos_h: torch.Tensor, rel_pos_w: torch.Tensor, hw: tuple[int, int]) -> torch.Tensor:
     """SAM attention with decomposed relative positions: q, k, v `[B, heads, h*w, head_dim]`.
@@ -113,7 +142,7 @@ def sam_rel_attention(reference: Callable, q: torch.Tensor, k: torch.Tensor, v: 
 # above on purpose: importing a submodule binds its name on this package. A missing Triton (or a module that fails to
 # import on this platform) leaves the reference path in place; it is logged, never fatal.
 _KERNEL_MODULES: tuple[str, ...] = ("moe_routing", "moe_grouped", "attention_prefill", "attention_decode",
-                                    "attention_paged", "sam_attention")
+                                    "attention_paged", "sam_attention", "norm_rope")
 
 if HAVE_TRITON:
     for _name in _KERNEL_MODULES:

@@ -1,7 +1,8 @@
 """The whole model through our Triton kernels (interpreted on the CPU) against the recorded outputs.
 
 The autouse fixture of this folder routes CPU tensors to the kernels, so vision (SAM attention),
-prefill and paged decode attention, and the MoE experts all run as Triton programs here (routing
+prefill and paged decode attention, the decoder's norms, rotary and KV store, and the MoE experts
+all run as Triton programs here (routing
 is the Router's torch path at every size);
 the greedy tokens must equal those the official code recorded (float32). The same test runs
 compiled on a GPU (`DEEPSEEK_OCR_TEST_DEVICE=cuda`).
@@ -41,7 +42,7 @@ def test_triton_path_reproduces_recorded_tokens(name, small_model, golden, share
     n = 2 if not torch.cuda.is_available() else 12
     res = small_model.generate(inp, max_new_tokens=n, no_repeat_ngram_size=35, fast=True)
     assert set(calls) == {"moe_experts", "attention_prefill", "attention_paged_decode",
-                          "sam_attention"}, calls
+                          "sam_attention", "add_rms_norm", "rope_and_store"}, calls
     assert res.token_ids == f.get_tensor(f"{name}.output_ids").tolist()[:n]
     if n == 12:
         assert res.text == c["text"]
