@@ -18,13 +18,14 @@ class DeepseekOCRModel(nn.Module):
 
     def merge_embeddings(self, input_ids: torch.Tensor, images_seq_mask: torch.Tensor,
                          image_rows: torch.Tensor | None) -> torch.Tensor:
-        """Token embeddings `[T, hidden]` with the image rows scattered, in order, into the
-        positions where `images_seq_mask` is set."""
+        """Token embeddings `[T, hidden]` (or `[B, T, hidden]` for ids `[B, T]`) with the image
+        rows scattered, in order (row-major over a batch), into the positions where
+        `images_seq_mask` is set."""
         embeds = self.decoder.embed_tokens(input_ids)
         n_slots = int(images_seq_mask.sum())
         n_rows = 0 if image_rows is None else image_rows.shape[0]
         if n_slots != n_rows:
             raise ValueError(f"{n_slots} <image> positions in the prompt but {n_rows} vision rows")
         if n_rows:
-            embeds = embeds.masked_scatter(images_seq_mask[:, None], image_rows.to(embeds.dtype))
+            embeds = embeds.masked_scatter(images_seq_mask[..., None], image_rows.to(embeds.dtype))
         return embeds

@@ -14,8 +14,9 @@ What the official code computes (`../shared/TRAINING.md` §1), and what this mod
 
 Two deliberate differences, both invisible on unpadded sequences:
 - the balance statistics exclude padded positions (the official code counts pads as tokens);
-- logits are only computed where a label is scored (identical loss and gradients, and a
-  `[T, 129280]` float32 tensor per sequence is never made).
+- logits are only computed where a label is scored, a chunk of positions at a time and again
+  in the backward pass (`chunked_ce`: identical loss and gradients up to float summation order;
+  a `[T, 129280]` float32 tensor per sequence is never made).
 
 Unlike the official forward, the vision tower runs with autograd: CLIP, the projector and (when
 not frozen) SAM receive gradients. A part whose parameters are all frozen runs without
@@ -35,6 +36,7 @@ from ..decoder.moe import MoE
 from ..errors import DeepseekOCRError
 from ..modeling import DeepseekOCRModel
 from ..processing.prompt import IGNORE_INDEX, PreparedInputs
+from .chunked_ce import linear_cross_entropy_sum
 
 
 class TrainingInputError(DeepseekOCRError, ValueError):
@@ -150,19 +152,22 @@ def _pad_batch(model: DeepseekOCRModel, batch: Sequence[PreparedInputs],
     device = model.decoder.embed_tokens.weight.device
     lengths = [inp.num_tokens for inp in batch]
     t_max = max(lengths)
-    embeds, labels, valid = [], [], torch.zeros(len(batch), t_max, dtype=torch.bool, device=device)
-    for i, (inp, rows) in enumerate(zip(batch, vision_rows)):
+    ids = torch.full((len(batch), t_max), pad_id, dtype=torch.int64)
+    mask = torch.zeros(len(batch), t_max, dtype=torch.bool)
+    labels = torch.full((len(batch), t_max), IGNORE_INDEX, dtype=torch.int64)
+    valid = torch.zeros(len(batch), t_max, dtype=torch.bool)
+    for i, inp in enumerate(batch):
         n = lengths[i]
-        ids = torch.full((t_max,), pad_id, dtype=torch.int64)
-        ids[:n] = inp.input_ids
-        mask = torch.zeros(t_max, dtype=torch.bool)
-        mask[:n] = inp.images_seq_mask
-        embeds.append(model.merge_embeddings(ids.to(device), mask.to(device), rows))
-        lab = torch.full((t_max,), IGNORE_INDEX, dtype=torch.int64)
-        lab[:n] = inp.labels
-        labels.append(lab)
+        ids[i, :n] = inp.input_ids
+        mask[i, :n] = inp.images_seq_mask
+        labels[i, :n] = inp.labels
         valid[i, :n] = True
-    return torch.stack(embeds), torch.stack(labels).to(device), valid
+    rows = [r for r in vision_rows if r is not None]
+    # One embedding lookup for the whole batch: its backward makes one dense [vocab, hidden]
+    # gradient (a lookup per sample made one each, summed: three vocab-sized tensors at once).
+    # masked_scatter fills the image positions in row-major order: sample by sample, in order.
+    embeds = model.merge_embeddings(ids.to(device), mask.to(device), torch.cat(rows) if rows else None)
+    return embeds, labels.to(device), valid.to(device)
 
 
 def _layer_step(layer, x, cos, sin, valid, aux_alpha: float | None):
@@ -219,12 +224,16 @@ def compute_loss(model: DeepseekOCRModel, batch: Sequence[PreparedInputs], *, pa
     num_labels = int(scored.sum())
     if num_labels == 0:
         raise TrainingInputError("no labelled token in the batch (every answer is empty?)")
-    hidden = x[:, :-1][scored]  # (n_labels, H)
-    logits = model.decoder.lm_head(model.decoder.norm(hidden))
-    # Float32 as the official code (from bf16 or float32 weights); a float64 model (gradient
-    # checks) keeps float64 rather than rounding its loss to float32.
-    logits = logits if logits.dtype == torch.float64 else logits.float()
-    ce = F.cross_entropy(logits, targets[scored], reduction="mean")
+    hidden = model.decoder.norm(x[:, :-1][scored])  # (n_labels, H)
+    head = model.decoder.lm_head
+    if type(head) is torch.nn.Linear and head.bias is None:
+        # Float32 logits as the official code (a float64 model keeps float64), a chunk of
+        # positions at a time (chunked_ce: the [n, vocab] logits are never held whole).
+        ce = linear_cross_entropy_sum(hidden, head.weight, targets[scored]) / num_labels
+    else:  # a replaced head (an adapter on it): its own forward, unchunked
+        logits = head(hidden)
+        logits = logits if logits.dtype == torch.float64 else logits.float()
+        ce = F.cross_entropy(logits, targets[scored], reduction="mean")
     loss = ce + aux_total if aux_loss else ce
     if keep_alive is not None:
         loss = loss + keep_alive
