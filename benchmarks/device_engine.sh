@@ -3,6 +3,9 @@
 #   bash benchmarks/device_engine.sh tests   # GPU tests: engine (graphs, growth, switches, bf16), kernels, parity
 #   bash benchmarks/device_engine.sh bench   # bench_engine.py (variable lengths, TTFT, encode, b1 decode, memory)
 #                                            # + bench_pages.py (256 Gundam pages x 1,000 tokens, the pipeline)
+#   bash benchmarks/device_engine.sh check   # the GPU tests (as `tests`, shorter limit) + profile_step.py
+#   bash benchmarks/device_engine.sh profile # profile_step.py (the step at 1 and 256 rows, the encode)
+#                                            # + bench_server.py (deepseek-ocr serve at concurrency 1, 64, 256)
 # Needs .shared/ (a copy of ../shared without train_golden_small) and .whl/ (Pillow 13 wheel) carried.
 set -u
 export PYTHONUNBUFFERED=1 PYTHONPATH=$PWD:$PWD/benchmarks
@@ -25,5 +28,20 @@ bench)
   timeout 330 python benchmarks/bench_engine.py --out "$OUT/bench_engine.json" 2>&1 | tail -40
   timeout 200 python benchmarks/bench_pages.py --pages 256 --tokens 1000 --batch-size 256 --workers 12 \
     --out "$OUT/bench_pages.json" 2>&1 | tail -20
+  ;;
+check)
+  python .shared/parity/make_checkpoint.py /tmp/ck --layers 3 --experts 8 --topk 6 >/dev/null
+  DEEPSEEK_OCR_SHARED=$PWD/.shared DEEPSEEK_OCR_SMALL_CKPT=/tmp/ck DEEPSEEK_OCR_TEST_DEVICE=cuda CI=1 \
+    timeout 300 python -m pytest -q -rs -p no:hypothesispytest tests/test_engine_gpu.py tests/kernels \
+    tests/test_fast_decode.py tests/test_generation.py tests/test_engine.py tests/test_parity.py \
+    > "$OUT/gpu_tests.log" 2>&1
+  tail -30 "$OUT/gpu_tests.log"
+  timeout 200 python benchmarks/profile_step.py --out "$OUT/profile.txt" > "$OUT/profile.log" 2>&1
+  grep -E "^==|Engine.step wall|kernels per call|GPU busy" "$OUT/profile.txt"; tail -3 "$OUT/profile.log"
+  ;;
+profile)
+  timeout 240 python benchmarks/profile_step.py --out "$OUT/profile.txt" > "$OUT/profile.log" 2>&1; tail -5 "$OUT/profile.log"
+  timeout 300 python benchmarks/bench_server.py --model /tmp/full --concurrency 1 64 256 --max-tokens 1000 \
+    --out "$OUT/bench_server.json" 2>&1 | grep -v " 200 OK" | tail -20
   ;;
 esac
