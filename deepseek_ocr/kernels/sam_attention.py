@@ -3,14 +3,16 @@
 SAM's attention logits are `scale * q.k + q.R_h[qy, ky] + q.R_w[qx, kx]` over an `h x w` grid
 (the bias uses the *unscaled* query). The reference materialises that bias as `[B*heads, N, N]`
 (400 MB in bf16 for one 1024 view's global block) and hands it to SDPA. Here only the two small
-decomposed terms are computed, with one einsum each:
+decomposed terms are computed, with one batched matmul each (in the activation's dtype):
 
-    rel_h[b, n, ky, q] = q . R_h[qy, ky]      (B, heads, h, N)   ky-major: one row per key row
-    rel_w[b, n, q, kx] = q . R_w[qx, kx]      (B, heads, N, w)
+    rel_h[qy, ky, b, n, qx] = q . R_h[qy, ky]      one value per query and key row
+    rel_w[qx, qy, b, n, kx] = q . R_w[qx, kx]      one value per query and key column
 
-and the kernel walks the keys one grid row at a time: a key tile is row `ky` (`w` keys padded to
-a power of two), so its bias is `rel_h[ky, q]` (one value per query) plus the `rel_w` tile, which
-is the same for every key row and is loaded once per program. No gather and no N x N tensor.
+(the layouts the two matmuls write; the kernel takes a stride for each of qy and qx, so neither
+is rearranged), and the kernel walks the keys one grid row at a time: a key tile is row `ky` (`w`
+keys padded to a power of two), so its bias is `rel_h[.., ky, .., q]` (one value per query) plus
+the `rel_w` tile, which is the same for every key row and is loaded once per program. No gather
+and no N x N tensor.
 Padding a row to a power of two wastes compute where `w` is not one (40 -> 64 for a 640 tile);
 the tails are masked with -inf through the bias.
 
@@ -44,15 +46,24 @@ _MAX_BLOCK_N = 128
 
 def _rel_tables(q: torch.Tensor, rel_pos_h: torch.Tensor, rel_pos_w: torch.Tensor,
                 hw: tuple[int, int]) -> tuple[torch.Tensor, torch.Tensor]:
-    """The decomposed bias terms in float32: `rel_h [B, nh, h, N]`, `rel_w [B, nh, N, w]`."""
+    """The decomposed bias terms, in q's dtype: `rel_h [h, kh, B, nh, w]` (index qy, ky, b, n,
+    qx) and `rel_w [w, h, B, nh, kw]` (index qx, qy, b, n, kx), both contiguous.
+
+    Computed as the official code does, in the activation dtype: bf16/fp16 products accumulated
+    in float32 by the matmul and rounded once to the dtype (float32 stays float32). One copy of
+    q, into `[qy, b, n, qx, C]`, serves both matmuls without any further rearranging: as
+    `[qy, (b, n, qx), C]` for R_h (batched over qy) and, viewed `[qx, (qy, b, n), C]`, for R_w
+    (batched over qx). Their outputs are used in the layout the matmuls write them in.
+    """
     h, w = hw
     b, nh, n, c = q.shape
-    r_h = rel_pos_table(rel_pos_h, h).float()  # (qy, ky, C)
-    r_w = rel_pos_table(rel_pos_w, w).float()  # (qx, kx, C)
-    grid_q = q.float().reshape(b, nh, h, w, c)  # (B, nh, qy, qx, C)
-    rel_h = torch.einsum("bnyxc,ykc->bnkyx", grid_q, r_h).reshape(b, nh, h, n)  # (B, nh, ky, N)
-    rel_w = torch.einsum("bnyxc,xkc->bnyxk", grid_q, r_w).reshape(b, nh, n, w)  # (B, nh, N, kx)
-    return rel_h.contiguous(), rel_w.contiguous()
+    r_h = rel_pos_table(rel_pos_h, h).to(q.dtype)  # (qy, ky, C)
+    r_w = rel_pos_table(rel_pos_w, w).to(q.dtype)  # (qx, kx, C)
+    grid_q = q.unflatten(2, (h, w)).permute(2, 0, 1, 3, 4).contiguous()  # (qy, B, nh, qx, C)
+    rel_h = torch.bmm(r_h, grid_q.view(h, b * nh * w, c).transpose(1, 2))  # (qy, ky, B*nh*qx)
+    rel_w = torch.bmm(grid_q.view(h * b * nh, w, c).transpose(0, 1),
+                      r_w.transpose(1, 2))  # (qx, qy*B*nh, kx)
+    return rel_h.view(h, h, b, nh, w), rel_w.view(w, h, b, nh, w)
 
 
 def sam_attention_reference(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
@@ -110,8 +121,8 @@ if HAVE_TRITON:
         stride_qb, stride_qh, stride_qn,
         stride_kb, stride_kh, stride_kn,
         stride_vb, stride_vh, stride_vn,
-        stride_rhb, stride_rhh, stride_rhk, stride_rhn,
-        stride_rwb, stride_rwh, stride_rwn, stride_rwk,
+        stride_rhb, stride_rhh, stride_rhk, stride_rhy, stride_rhx,
+        stride_rwb, stride_rwh, stride_rwy, stride_rwx, stride_rwk,
         stride_ob, stride_oh, stride_on,
         heads, qk_scale,
         GRID_H: tl.constexpr, GRID_W: tl.constexpr, HEAD_DIM: tl.constexpr,
@@ -133,13 +144,16 @@ if HAVE_TRITON:
         offs_n = tl.arange(0, BLOCK_N)
         offs_d = tl.arange(0, HEAD_DIM)
         m_valid = offs_m < GRID_H * GRID_W
+        # each query's grid row and column: the bias terms take a stride for each
+        qy = (offs_m // GRID_W).to(tl.int64)
+        qx = (offs_m % GRID_W).to(tl.int64)
 
         q_ptrs = Q + b * stride_qb + hd * stride_qh + offs_m[:, None] * stride_qn + offs_d[None, :]
         q = tl.load(q_ptrs, mask=m_valid[:, None], other=0.0)  # (BLOCK_M, D)
         k_base = K + b * stride_kb + hd * stride_kh
         v_base = V + b * stride_vb + hd * stride_vh
-        rh_base = RH + b * stride_rhb + hd * stride_rhh
-        rw_base = RW + b * stride_rwb + hd * stride_rwh + offs_m[:, None] * stride_rwn
+        rh_base = RH + b * stride_rhb + hd * stride_rhh + qy * stride_rhy + qx * stride_rhx  # (BLOCK_M,)
+        rw_base = RW + b * stride_rwb + hd * stride_rwh + (qy * stride_rwy + qx * stride_rwx)[:, None]
 
         # exp2 softmax: scores in log2 units, so q.k takes scale*log2(e) and the bias log2(e).
         m_i = tl.full([BLOCK_M], float("-inf"), tl.float32)
@@ -150,17 +164,17 @@ if HAVE_TRITON:
             # Padding columns get -inf here, which masks them out of every score tile.
             kx_ok = offs_n < GRID_W
             rw = tl.load(rw_base + offs_n[None, :] * stride_rwk,
-                         mask=m_valid[:, None] & kx_ok[None, :], other=0.0)
+                         mask=m_valid[:, None] & kx_ok[None, :], other=0.0).to(tl.float32)
             rw = tl.where(kx_ok[None, :], rw * LOG2E, float("-inf"))  # (BLOCK_M, BLOCK_N)
         for ky in range(GRID_H):
-            rh = tl.load(rh_base + ky * stride_rhk + offs_m * stride_rhn, mask=m_valid, other=0.0)
+            rh = tl.load(rh_base + ky * stride_rhk, mask=m_valid, other=0.0).to(tl.float32)
             rh = rh * LOG2E  # (BLOCK_M,): q.R_h[qy, ky] is one value per query for this key row
             for chunk in tl.static_range(W_CHUNKS):
                 kx = chunk * BLOCK_N + offs_n
                 kx_ok = kx < GRID_W
                 if W_CHUNKS > 1:
                     rw = tl.load(rw_base + kx[None, :] * stride_rwk,
-                                 mask=m_valid[:, None] & kx_ok[None, :], other=0.0)
+                                 mask=m_valid[:, None] & kx_ok[None, :], other=0.0).to(tl.float32)
                     rw = tl.where(kx_ok[None, :], rw * LOG2E, float("-inf"))
                 key = ky * GRID_W + kx  # (BLOCK_N,) token index of each key
                 k = tl.load(k_base + key[:, None] * stride_kn + offs_d[None, :],
@@ -218,7 +232,7 @@ def _launch(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, rel_pos_h: torch.
         return torch.cat([_launch(q[s:s + max_b], k[s:s + max_b], v[s:s + max_b], rel_pos_h,
                                   rel_pos_w, h, w, config) for s in range(0, b, max_b)])
     q, k, v = (t if t.stride(-1) == 1 else t.contiguous() for t in (q, k, v))
-    rel_h, rel_w = _rel_tables(q, rel_pos_h, rel_pos_w, (h, w))
+    rel_h, rel_w = _rel_tables(q, rel_pos_h, rel_pos_w, (h, w))  # (qy, ky, B, nh, qx), (qx, qy, B, nh, kx)
     # (B, N, nh, D) memory seen as (B, nh, N, D): the caller's transpose(1, 2).reshape is free.
     out = torch.empty((b, n, nh, d), device=q.device, dtype=q.dtype).transpose(1, 2)
     cfg = dict(_config(n, w, q.dtype), **(config or {}))
@@ -229,7 +243,8 @@ def _launch(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, rel_pos_h: torch.
         q.stride(0), q.stride(1), q.stride(2),
         k.stride(0), k.stride(1), k.stride(2),
         v.stride(0), v.stride(1), v.stride(2),
-        *rel_h.stride(), *rel_w.stride(),
+        rel_h.stride(2), rel_h.stride(3), rel_h.stride(1), rel_h.stride(0), rel_h.stride(4),
+        rel_w.stride(2), rel_w.stride(3), rel_w.stride(1), rel_w.stride(0), rel_w.stride(4),
         out.stride(0), out.stride(1), out.stride(2),
         nh, d ** -0.5 * math.log2(math.e),
         GRID_H=h, GRID_W=w, HEAD_DIM=d, W_CHUNKS=w_chunks,

@@ -27,16 +27,17 @@ pytestmark = pytest.mark.skipif(
 
 if HAVE_TRITON:
     from deepseek_ocr.kernels.sam_attention import (
-        _launch, _seam_impl, sam_attention, sam_attention_reference)
+        _launch, _rel_tables, _seam_impl, sam_attention, sam_attention_reference)
 from deepseek_ocr.vision.sam import SamAttention, get_rel_pos, rel_pos_bias
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 cuda_only = pytest.mark.skipif(not torch.cuda.is_available(), reason="real sizes need a GPU")
 
 # Max abs error against the float64 answer for outputs of size ~1: float32 differs only by
-# summation order; float16 rounds the inputs' products, the probabilities before P.V and the
-# output (half an ulp at 2 is 1e-3). The references round the bias to the input dtype, hence
-# their wider float16 bound.
+# summation order; float16 rounds the inputs' products, the two bias terms (computed in the
+# input dtype, as the official code does), the probabilities before P.V and the output (half an
+# ulp at 2 is 1e-3): measured <= 1.5e-3 (5.8e-4 to 8.7e-4 with the terms in float32). The
+# references round the whole bias to the input dtype, hence their wider float16 bound.
 KERNEL_ATOL = {torch.float32: 2e-5, torch.float16: 4e-3}
 REFERENCE_ATOL = {torch.float32: 2e-5, torch.float16: 8e-3}
 
@@ -102,6 +103,32 @@ def test_matches_float64_and_reference(hw, b, heads, rows, dtype):
     bias = rel_pos_bias(q.reshape(b * heads, n, -1), th, tw, hw).view(b, heads, n, n)
     sdpa = F.scaled_dot_product_attention(q, k, v, attn_mask=bias)
     assert max_err(got, sdpa) < KERNEL_ATOL[dtype] + REFERENCE_ATOL[dtype]
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32, torch.bfloat16, torch.float16])
+def test_rel_tables_layout_and_dtype(dtype):
+    """The two bias terms in the layouts the kernel reads them (rel_h [qy, ky, b, n, qx], rel_w
+    [qx, qy, b, n, kx]) from q as the model passes it (a strided view of qkv), computed in q's
+    dtype: float64 to rounding, 16-bit types within one rounding of the exact products' sum."""
+    hw, b, heads, c = (6, 9), 2, 3, 64
+    h, w = hw
+    g = torch.Generator().manual_seed(11)
+    qkv = torch.randn(b, h * w, 3, heads, c, generator=g, dtype=torch.float64).permute(2, 0, 3, 1, 4)
+    th, tw = (0.15 * torch.randn(rows, c, generator=g, dtype=torch.float64) for rows in (11, 17))
+    q, th, tw = (t.to(device=DEVICE, dtype=dtype) for t in (qkv[0], th, tw))
+    rel_h, rel_w = _rel_tables(q, th, tw, hw)
+    assert rel_h.dtype == rel_w.dtype == dtype
+    assert rel_h.shape == (h, h, b, heads, w) and rel_w.shape == (w, h, b, heads, w)
+    grid = q.double().reshape(b, heads, h, w, c)
+    want_h = torch.einsum("bnyxc,ykc->ykbnx", grid, get_rel_pos(h, h, th.double()))
+    want_w = torch.einsum("bnyxc,xkc->xybnk", grid, get_rel_pos(w, w, tw.double()))
+    for got, want in ((rel_h, want_h), (rel_w, want_w)):
+        err = (got.double() - want).abs()
+        if dtype == torch.float64:
+            assert err.max().item() <= 1e-12
+        else:
+            ulp = 2.0 ** -(23 if dtype == torch.float32 else 7 if dtype == torch.bfloat16 else 10)
+            assert (err <= ulp * want.abs() + 1e-5).all()
 
 
 @pytest.mark.parametrize("hw", [(1, 2), (2, 1)], ids=["row", "column"])
@@ -221,8 +248,11 @@ def _check_real_size(b, hw, table_rows):
         got = sam_attention(q, k, v, th, tw, hw)
         ref = sam_attention_reference(q, k, v, th, tw, hw)
     err, ref_err = ((t.float() - want).abs() for t in (got, ref))
-    # bf16 keeps 8 bits: half an ulp at |out| ~ 2-4 is 8e-3-1.6e-2. The kernel adds the bias in
-    # float32 (the reference rounds it to bf16), so it must not be worse than the reference.
+    # bf16 keeps 8 bits: half an ulp at |out| ~ 2-4 is 8e-3-1.6e-2. The kernel rounds the two
+    # bias terms to bf16 as the reference does but adds them in float32 (the reference rounds
+    # their sum as well), so it must not be worse than the reference. (A torch emulation of the
+    # kernel's roundings on the CPU: max 1.4e-2 / 2.3e-2 / 2.0e-2 and mean 3.1e-4 / 3.8e-4 /
+    # 6.7e-4 for these three cases, the CPU bf16 reference's mean 5.9e-4 / 5.5e-4 / 1.2e-3.)
     assert err.max().item() < 3e-2, err.max().item()
     assert err.mean().item() < 2e-3, err.mean().item()
     assert err.mean().item() <= 1.1 * ref_err.mean().item() + 1e-4
