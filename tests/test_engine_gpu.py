@@ -108,9 +108,12 @@ def test_bf16_agrees_with_float32_on_the_parity_page(small_model, bf16_model, pa
         positions = torch.arange(x.shape[1], device="cuda")[None]
         logits = bf16_model.model.decoder(x, positions)[0, page.num_tokens - 1:]
     agree = (logits.argmax(-1).cpu() == torch.tensor(ref)).float().mean().item()
-    # Measured on an H200 (2026-12-02): 0.953 (244 of 256). The issue asks for 0.99; random
-    # weights give nearly flat logits, where bf16 rounding flips near-ties (benchmarks/RESULTS.md).
-    assert agree >= 0.94, agree
+    # Measured on an H200 (2026-12-02): 0.953 (244 of 256), then 0.934 (239) once SAM's
+    # relative-position terms are computed in bf16 as the official encoder does (they were
+    # float32, closer to the float32 run than the official bf16 model is). The issue asks for
+    # 0.99; random weights give nearly flat logits, where bf16 rounding flips near-ties
+    # (benchmarks/RESULTS.md).
+    assert agree >= 0.92, agree
     # And the engine's own bf16 greedy run starts as float32's does.
     got = bf16_model.generate(page, max_new_tokens=16, **GREEDY).token_ids
     assert got[:4] == ref[:4]

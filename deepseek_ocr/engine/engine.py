@@ -42,6 +42,7 @@ from .options import GenerationOptions
 from .paged_cache import CacheFullError, PagedKVCache, default_pool_blocks
 from .readback import Launch
 from .request import FINISHED, RUNNING, WAITING, Request
+from .transfer import to_device
 from .vision_batch import encode_prepared, prompt_embeddings
 
 logger = logging.getLogger(__name__)
@@ -261,12 +262,12 @@ class Engine:
         for r in batch:
             e = prompt_embeddings(self.model, r.inputs, r.vision_rows if r.inputs.has_image else None)
             if r.token_ids:  # a preempted request: its output so far is prompt now
-                ids = torch.tensor(r.token_ids, device=self.device)
+                ids = to_device(r.token_ids, torch.long, self.device)
                 e = torch.cat([e, self.model.decoder.embed_tokens(ids)])
             embeds.append(e)
         lengths = [e.shape[0] for e in embeds]
-        cu = torch.tensor([0] + lengths, device=self.device).cumsum(0).to(torch.int32)
-        slots = torch.tensor([r.slot for r in batch], device=self.device)
+        cu = to_device([0] + lengths, torch.long, self.device).cumsum(0).to(torch.int32)
+        slots = to_device([r.slot for r in batch], torch.long, self.device)
         for r in batch:
             self._load_rules(r)
             self.cache.active[r.slot] = 1

@@ -22,6 +22,8 @@ from typing import Sequence
 
 import torch
 
+from .transfer import to_device
+
 _NO_WINDOW = 1 << 30
 
 
@@ -55,24 +57,25 @@ class SlotNGramRule:
         if whitelist:
             if self.whitelist is None:
                 self.whitelist = torch.zeros(self.history.shape[0], self.vocab, dtype=torch.bool, device=dev)
-            self.whitelist[slot, torch.tensor(list(whitelist), device=dev)] = True
+            self.whitelist[slot, to_device(list(whitelist), torch.long, dev)] = True
         if not ids or n <= 0:
             if ids:
-                self.history[slot, :len(ids)] = torch.tensor(ids, dtype=torch.long, device=dev)
+                self.history[slot, :len(ids)] = to_device(ids, torch.long, dev)
             return
-        hist = torch.tensor(ids, dtype=torch.long, device=dev)
+        hist = to_device(ids, torch.long, dev)
         self.history[slot, :len(ids)] = hist
-        # match[j] from scratch: the common-suffix length of s[..j] and s[..last], up to n-1.
+        # match[j] from scratch: the common-suffix length of s[..j] and s[..last], up to n-1:
+        # the number of leading k = 0, 1, ... with s[j-k] == s[last-k], all k at once (a few
+        # kernels per request rather than a handful per k).
         last = len(ids) - 1
+        depth = min(n - 1, last + 1)
+        if depth <= 0:
+            return
         j = torch.arange(len(ids), device=dev)
-        run = j < last
-        total = torch.zeros(len(ids), dtype=torch.int32, device=dev)
-        for k in range(n - 1):
-            if last - k < 0:
-                break
-            src = j - k
-            run = run & (src >= 0) & (hist[src.clamp(min=0)] == hist[last - k])
-            total += run.int()
+        k = torch.arange(depth, device=dev)[:, None]
+        src = j[None, :] - k  # (depth, L)
+        same = (src >= 0) & (hist[src.clamp(min=0)] == hist[last - k])
+        total = torch.cumprod(same.int(), dim=0).sum(dim=0).int() * (j < last)
         self.match[slot, :len(ids)] = total
 
     def ban(self, logits: torch.Tensor, slots: torch.Tensor | None = None, width: int | None = None

@@ -17,6 +17,7 @@ from __future__ import annotations
 import torch
 
 from .. import kernels
+from .transfer import to_device
 
 
 class CacheFullError(RuntimeError):
@@ -68,7 +69,7 @@ class PagedKVCache:
         if extra > len(self._free):
             raise CacheFullError(f"{extra} blocks wanted, {len(self._free)} free")
         new = [self._free.pop() for _ in range(extra)]
-        self.table[slot, len(have):want] = torch.tensor(new, dtype=torch.int32).to(self.table.device)
+        self.table[slot, len(have):want] = to_device(new, torch.int32, self.table.device)
         have.extend(new)
 
     def release(self, slot: int) -> None:
