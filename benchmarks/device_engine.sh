@@ -39,6 +39,20 @@ check)
   timeout 200 python benchmarks/profile_step.py --out "$OUT/profile.txt" > "$OUT/profile.log" 2>&1
   grep -E "^==|Engine.step wall|kernels per call|GPU busy" "$OUT/profile.txt"; tail -3 "$OUT/profile.log"
   ;;
+bench1)  # the GPU tests touched last + bench_engine.py (one call)
+  python .shared/parity/make_checkpoint.py /tmp/ck --layers 3 --experts 8 --topk 6 >/dev/null
+  DEEPSEEK_OCR_SHARED=$PWD/.shared DEEPSEEK_OCR_SMALL_CKPT=/tmp/ck DEEPSEEK_OCR_TEST_DEVICE=cuda CI=1 \
+    timeout 120 python -m pytest -q -rs -p no:hypothesispytest tests/kernels/test_norm_rope.py tests/test_engine_gpu.py \
+    > "$OUT/gpu_tests2.log" 2>&1; tail -3 "$OUT/gpu_tests2.log"
+  timeout 420 python benchmarks/bench_engine.py --out "$OUT/bench_engine.json" > "$OUT/bench_engine.log" 2>&1
+  grep -v "^ " "$OUT/bench_engine.log" | tail -12
+  ;;
+bench2)  # bench_pages.py (the command's pipeline) + bench_server.py (one call)
+  timeout 170 python benchmarks/bench_pages.py --pages 256 --tokens 1000 --batch-size 256 --workers 12 \
+    --out "$OUT/bench_pages.json" 2>&1 | tail -8
+  timeout 330 python benchmarks/bench_server.py --model /tmp/full --concurrency 1 16 64 256 --max-tokens 1000 \
+    --out "$OUT/bench_server.json" 2>&1 | grep -v " 200 OK" | tail -12
+  ;;
 profile)
   timeout 240 python benchmarks/profile_step.py --out "$OUT/profile.txt" > "$OUT/profile.log" 2>&1; tail -5 "$OUT/profile.log"
   timeout 300 python benchmarks/bench_server.py --model /tmp/full --concurrency 1 64 256 --max-tokens 1000 \
