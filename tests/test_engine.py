@@ -260,3 +260,34 @@ def test_weights_may_change_once_every_request_is_done(ocr):
         q.add_(0.0)  # an in-place update: the version changes, the values do not
     assert ocr.generate(None, prompt=PROMPTS[0], max_new_tokens=3).token_ids == \
         alone(ocr, PROMPTS[0], max_new_tokens=3).token_ids
+
+
+def _admission_trace(ocr, wait_steps: int):
+    """Three slots, admission in groups of two: A ends early, B and C run long, D and E wait.
+    Returns (step at which D started, free slots when it did, outputs by prompt)."""
+    eng = Engine(ocr.model, ocr.tokenizer, max_slots=3, admit_group=2, admit_wait_steps=wait_steps)
+    lengths = [3, 24, 24, 6, 6]
+    reqs = [eng.submit(ocr.prepare(None, p), options(max_new_tokens=n, ignore_eos=True, no_repeat_ngram_size=None))
+            for p, n in zip(PROMPTS, lengths)]
+    step, started = 0, None
+    while eng.has_work:
+        free_before = eng.max_slots - len(eng.running)
+        eng.step()
+        step += 1
+        if started is None and reqs[3].slot is not None:
+            started = (step, free_before)
+    return started, [r.token_ids for r in reqs]
+
+
+def test_admission_waits_for_a_group_of_free_slots_while_others_decode(ocr):
+    """With requests decoding, one free slot does not admit a page when two are waiting: the
+    engine waits until two slots are free (here: when B and C end), unless it has waited
+    `admit_wait_steps`; the outputs are the same either way (each equals its request alone)."""
+    (step_grouped, free_grouped), outs = _admission_trace(ocr, wait_steps=1000)
+    (step_capped, free_capped), outs_capped = _admission_trace(ocr, wait_steps=2)
+    assert free_grouped >= 2  # D started only with room for the group
+    assert free_capped == 1  # the cap admitted D into A's slot, alone
+    assert step_capped < step_grouped
+    assert outs == outs_capped
+    for prompt, n, got in zip(PROMPTS, [3, 24, 24, 6, 6], outs):
+        assert got == alone(ocr, prompt, max_new_tokens=n, ignore_eos=True, no_repeat_ngram_size=None).token_ids
