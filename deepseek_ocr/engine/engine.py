@@ -6,7 +6,7 @@ One call of `step()`:
 2. Admission: waiting requests take free slots, in order, while the prefill budget
    (`prefill_tokens` prompt tokens per step) and the cache allow. Their images are encoded
    together (one vision pass per view size), their prompts run as one packed prefill, and each
-   gets its first token. While requests are decoding, admission waits until `admit_group`
+   gets its first token. While requests are decoding on a GPU, admission waits until `admit_group`
    slots are free (or the queue is that short, or `admit_wait_steps` steps have passed): the
    vision encode is launch-bound for one page (~1,000 kernels, ~28 ms of host time on an H200
    against ~14 ms of GPU time) and costs about the same for eight, so pages admitted one at a
@@ -65,14 +65,16 @@ class Engine:
         prefill_tokens: prompt tokens admitted per step (one request always fits, however long),
             so running requests keep decoding while new ones arrive.
         admit_group, admit_wait_steps: while requests decode, admit when this many slots are
-            free (or every waiting request fits), or after this many steps of waiting.
+            free (or every waiting request fits), or after this many steps of waiting. Default
+            group: 8 on CUDA (where one page's encode is launch-bound), 1 elsewhere (a CPU
+            encode costs its work, so waiting would only add latency).
         use_graphs: capture the decode step in CUDA graphs (default: on CUDA).
         compile: `torch.compile` the step (default: env DEEPSEEK_OCR_COMPILE=1).
     """
 
     def __init__(self, model: DeepseekOCRModel, tokenizer: Tokenizer, *, max_slots: int | None = None,
                  block_size: int = 64, initial_blocks: int | None = None, max_blocks: int | None = None,
-                 prefill_tokens: int = 8192, admit_group: int = 8, admit_wait_steps: int = 64,
+                 prefill_tokens: int = 8192, admit_group: int | None = None, admit_wait_steps: int = 64,
                  use_graphs: bool | None = None, compile: bool | None = None):
         self.model, self.tokenizer = model, tokenizer
         cfg = model.cfg.decoder
@@ -83,6 +85,8 @@ class Engine:
         on_cuda = self.device.type == "cuda"
         self.max_slots = max_slots or (256 if on_cuda else 16)
         self.prefill_tokens = prefill_tokens
+        if admit_group is None:
+            admit_group = 8 if on_cuda else 1
         self.admit_group, self.admit_wait_steps = max(1, admit_group), max(0, admit_wait_steps)
         self._admit_waited = 0  # steps admission has been held back for a fuller group
         self.fast = FastDecoder(model.decoder)
