@@ -76,3 +76,34 @@ def test_bf16_autocast_matches_the_autocast_linear():
 def test_empty_selection_is_refused():
     with pytest.raises(ValueError):
         linear_cross_entropy_sum(torch.zeros(0, 4), torch.zeros(5, 4), torch.zeros(0, dtype=torch.long))
+
+
+def test_the_objective_is_the_same_chunked_or_whole(monkeypatch):
+    """compute_loss on a tiny model with the chunked path forced (threshold 0) and with the
+    logits held whole: the same loss and the same gradients, to float32 summation order."""
+    from deepseek_ocr.training import objective
+    from tiny_model import tiny_model
+    ocr = tiny_model(seed=4)
+    batch = [ocr.prepare(None, "Read this:", answer="one two three"),
+             ocr.prepare(None, "And this one, please", answer="four five")]
+
+    used = []
+    chunked = objective.linear_cross_entropy_sum
+    monkeypatch.setattr(objective, "linear_cross_entropy_sum", lambda *a, **k: used.append(1) or chunked(*a, **k))
+
+    def run(threshold):
+        monkeypatch.setattr(objective, "CHUNKED_CE_MIN_ELEMENTS", threshold)
+        ocr.zero_grad()
+        out = ocr.loss(batch, aux_loss=True)
+        out.loss.backward()
+        grads = {k: v.clone() for k, v in ocr.official_grads().items()}
+        return out.ce.item(), grads
+
+    ce_whole, g_whole = run(1 << 62)
+    assert not used
+    ce_chunked, g_chunked = run(0)
+    assert used
+    assert ce_chunked == pytest.approx(ce_whole, rel=1e-6)
+    assert g_chunked.keys() == g_whole.keys()
+    for k in g_whole:
+        torch.testing.assert_close(g_chunked[k], g_whole[k], rtol=1e-4, atol=1e-6)

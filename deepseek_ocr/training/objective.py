@@ -39,6 +39,12 @@ from ..processing.prompt import IGNORE_INDEX, PreparedInputs
 from .chunked_ce import linear_cross_entropy_sum
 
 
+# Below this many logits (256 MB in float32: ~2,000 scored positions of the 129,280-word
+# vocabulary) the loss keeps them whole: chunking saves memory only by recomputing the logits
+# in the backward pass, a third more output-projection work, which small batches do not need.
+CHUNKED_CE_MIN_ELEMENTS = 1 << 26
+
+
 class TrainingInputError(DeepseekOCRError, ValueError):
     """A batch given to the loss cannot be trained on (no labels, empty batch, nothing scored)."""
 
@@ -226,11 +232,12 @@ def compute_loss(model: DeepseekOCRModel, batch: Sequence[PreparedInputs], *, pa
         raise TrainingInputError("no labelled token in the batch (every answer is empty?)")
     hidden = model.decoder.norm(x[:, :-1][scored])  # (n_labels, H)
     head = model.decoder.lm_head
-    if type(head) is torch.nn.Linear and head.bias is None:
+    if (type(head) is torch.nn.Linear and head.bias is None
+            and num_labels * head.out_features >= CHUNKED_CE_MIN_ELEMENTS):
         # Float32 logits as the official code (a float64 model keeps float64), a chunk of
         # positions at a time (chunked_ce: the [n, vocab] logits are never held whole).
         ce = linear_cross_entropy_sum(hidden, head.weight, targets[scored]) / num_labels
-    else:  # a replaced head (an adapter on it): its own forward, unchunked
+    else:  # small enough to hold (no recomputation), or a replaced head: its own forward
         logits = head(hidden)
         logits = logits if logits.dtype == torch.float64 else logits.float()
         ce = F.cross_entropy(logits, targets[scored], reduction="mean")
