@@ -47,12 +47,24 @@ def sync_time(fn) -> float:
     return time.perf_counter() - t
 
 
+LAST_STATS: dict = {}  # the engine's counters over the last timed run (host seconds per phase)
+
+
+def spent(eng: Engine, fn) -> float:
+    before = dict(eng.stats)
+    secs = sync_time(fn)
+    LAST_STATS.clear()
+    LAST_STATS.update({k: round(v - before[k], 3) for k, v in eng.stats.items()})
+    LAST_STATS["outside_step_s"] = round(secs - sum(LAST_STATS[k] for k in ("admit_s", "decode_s", "read_s")), 3)
+    return secs
+
+
 def run_continuous(eng: Engine, pages, lengths) -> float:
     def go():
         reqs = [eng.submit(p, GenerationOptions(max_new_tokens=n, ignore_eos=True, no_repeat_ngram_size=None))
                 for p, n in zip(pages, lengths)]
         eng.run(reqs)
-    return sync_time(go)
+    return spent(eng, go)
 
 
 def run_static(eng: Engine, pages, lengths, batch: int) -> float:
@@ -61,7 +73,7 @@ def run_static(eng: Engine, pages, lengths, batch: int) -> float:
             reqs = [eng.submit(p, GenerationOptions(max_new_tokens=n, ignore_eos=True, no_repeat_ngram_size=None))
                     for p, n in zip(pages[i:i + batch], lengths[i:i + batch])]
             eng.run(reqs)  # the batch decodes until its longest page ends; then the next one
-    return sync_time(go)
+    return spent(eng, go)
 
 
 def main():
@@ -135,10 +147,11 @@ def main():
         cont = run_continuous(eng, many, lengths)
         res["queue"] = {"pages": len(many), "tokens": sum(lengths), "continuous_s": round(cont, 1),
                         "continuous_tokens_per_s": round(sum(lengths) / cont),
-                        "stats": dict(eng.stats)}
+                        "stats": dict(LAST_STATS)}
         if "queue_static" not in skip:
             static = run_static(eng, many, lengths, 256)
-            res["queue"].update(static_256_s=round(static, 1), speedup=round(static / cont, 2))
+            res["queue"].update(static_256_s=round(static, 1), speedup=round(static / cont, 2),
+                                static_stats=dict(LAST_STATS))
         print("queue", res["queue"], flush=True)
 
     if "variable" not in skip:
@@ -151,10 +164,11 @@ def main():
         cont = run_continuous(eng, prepared, lengths)
         res["variable"] = {"tokens": total, "continuous_256_s": round(cont, 1),
                            "continuous_pages_per_s": round(len(prepared) / cont, 2),
-                           "continuous_tokens_per_s": round(total / cont)}
+                           "continuous_tokens_per_s": round(total / cont), "stats": dict(LAST_STATS)}
         for b in a.static_batches:
             s = run_static(eng, prepared, lengths, b)
             res["variable"][f"static_{b}_s"] = round(s, 1)
+            res["variable"][f"static_{b}_stats"] = dict(LAST_STATS)
             res["variable"][f"speedup_vs_static_{b}"] = round(s / cont, 2)
         print("variable", res["variable"], flush=True)
 

@@ -29,6 +29,7 @@ import io
 import json
 import math
 import os
+import re
 import socket
 import statistics
 import subprocess
@@ -123,6 +124,19 @@ async def run_level(url: str, headers: dict, body: dict, concurrency: int, reque
             "e2e_s": percentiles([r["done"] - r["sent"] for r in ok])}
 
 
+def engine_figures(url: str, headers: dict) -> dict:
+    """The engines' counters from /metrics, summed over engines: steps and host seconds per phase."""
+    text = httpx.get(url + "/metrics", headers=headers, timeout=30).text
+    out: dict = {}
+    for line in text.splitlines():
+        m = re.match(r'^deepseek_ocr_engine_(steps_total|seconds_total)\{([^}]*)\} (\S+)$', line)
+        if m:
+            phase = re.search(r'phase="(\w+)"', m.group(2))
+            key = f"{phase.group(1)}_s" if phase else "steps"
+            out[key] = out.get(key, 0.0) + float(m.group(3))
+    return out
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -165,7 +179,9 @@ def main() -> int:
     ap.add_argument("--start-timeout", type=float, default=600.0)
     ap.add_argument("--api-key", default=os.environ.get("DEEPSEEK_OCR_API_KEY"))
     ap.add_argument("--concurrency", type=int, nargs="+", default=[1, 16, 64, 256])
-    ap.add_argument("--requests", type=int, help="requests per level (default: 2 x concurrency, at least 8)")
+    ap.add_argument("--requests", type=int, nargs="+",
+                    help="requests per level: one number for every level, or one per level "
+                         "(default: 2 x concurrency, at least 8)")
     ap.add_argument("--max-tokens", type=int, default=1000, help="output tokens per request (forced)")
     ap.add_argument("--mode", default="gundam", help="resolution mode of every request (default gundam)")
     ap.add_argument("--timeout", type=float, default=3600.0, help="seconds per request")
@@ -183,9 +199,15 @@ def main() -> int:
               "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "levels": []}
     try:
         report["models"] = httpx.get(url + "/v1/models", headers=headers, timeout=30).json().get("data")
-        for c in args.concurrency:
-            n = args.requests or max(8, 2 * c)
+        if args.requests and len(args.requests) not in (1, len(args.concurrency)):
+            ap.error("--requests: give one number, or one per --concurrency level")
+        for i, c in enumerate(args.concurrency):
+            n = args.requests[min(i, len(args.requests) - 1)] if args.requests else max(8, 2 * c)
+            before = engine_figures(url, headers)
             level = asyncio.run(run_level(url, headers, body, c, n, args.timeout))
+            after = engine_figures(url, headers)
+            # Where the engine thread's time went during the level (warm-up request included).
+            level["engine"] = {k: round(after[k] - before.get(k, 0.0), 3) for k in after}
             report["levels"].append(level)
             print(f"concurrency {c:4d}: {level['ok']}/{n} ok, {level['pages_per_s']:.2f} pages/s, "
                   f"{level['tokens_per_s']:.0f} tokens/s, TTFT p50 {level['ttft_ms']['p50']} ms "

@@ -163,6 +163,8 @@ def run_config(ocr, batch, device, args) -> dict:
         if step >= args.warmup:
             times.append(time.perf_counter() - t)
         losses.append(float(out.ce.detach()))
+    if args.profile:
+        profile_steps(ocr, batch, opt, device, args)
     s = statistics.median(times)
     tokens = out.num_tokens
     padded = len(batch) * max(inp.num_tokens for inp in batch)
@@ -173,6 +175,35 @@ def run_config(ocr, batch, device, args) -> dict:
         res["peak_gib"] = round(torch.cuda.max_memory_allocated() / 2**30, 2)
     del opt
     return res
+
+
+def profile_steps(ocr, batch, opt, device, args) -> None:
+    """Two more steps under torch.profiler: the kernels by GPU time, the host ops by CPU time,
+    and the GPU's busy share of the steps' wall time, appended to `args.profile`."""
+    from torch.profiler import ProfilerActivity, profile
+    sync(device)
+    t = time.perf_counter()
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
+    with profile(activities=activities) as prof:
+        for _ in range(2):
+            opt.zero_grad(set_to_none=True)
+            with autocast(device):
+                out = ocr.loss(batch, gradient_checkpointing=args.gradient_checkpointing)
+            out.loss.backward()
+            opt.step()
+        sync(device)
+    wall = time.perf_counter() - t
+    events = prof.key_averages()
+    kernels_us = sum(e.self_device_time_total for e in events if e.device_type.name == "CUDA")
+    launches = sum(e.count for e in events if e.device_type.name == "CUDA")
+    with open(args.profile, "a", encoding="utf-8") as f:
+        f.write(f"== {len(batch)} samples, {out.num_tokens} tokens, 2 steps: wall {wall * 1e3:.1f} ms "
+                f"(profiled), kernel time {kernels_us / 1e3:.1f} ms ({kernels_us / 1e4 / wall:.0f}% of wall), "
+                f"{launches} kernels\n")
+        f.write(events.table(sort_by="self_device_time_total", row_limit=45, max_name_column_width=90))
+        f.write("\n-- host ops by CPU time\n")
+        f.write(events.table(sort_by="self_cpu_time_total", row_limit=25, max_name_column_width=90))
+        f.write("\n")
 
 
 def check_grouped(folder: Path, batch, device) -> dict:
@@ -218,6 +249,7 @@ def main(argv=None):
     ap.add_argument("--no-check", dest="check", action="store_false")
     ap.add_argument("--checkpoint", default=None, help="random checkpoint folder (default weights/random-12x64)")
     ap.add_argument("--json", default=None)
+    ap.add_argument("--profile", default=None, help="append a torch.profiler table of 2 more steps per row here")
     ap.add_argument("--smoke", action="store_true", help="CPU-sized model and views, 1 step")
     args = ap.parse_args(argv)
     device = torch.device("cuda" if torch.cuda.is_available() and not args.smoke else "cpu")

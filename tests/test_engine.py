@@ -191,6 +191,20 @@ def test_a_request_larger_than_the_whole_pool_fails_alone(ocr):
     assert small.finish_reason == "length" and len(small.token_ids) == 4
 
 
+def test_an_oversized_first_pool_is_capped_and_the_step_times_are_counted(ocr):
+    """`initial_blocks` beyond `max_blocks` starts the pool at the cap (what `serve` asks for to
+    preallocate), and a run adds up its host time per phase in `stats`."""
+    eng = Engine(ocr.model, ocr.tokenizer, max_slots=2, block_size=16, initial_blocks=2**31, max_blocks=7,
+                 use_graphs=False)
+    assert eng.cache.num_blocks == 7
+    req = eng.submit(ocr.prepare(None, "Hi"), options(max_new_tokens=3))
+    eng.run([req])
+    st = eng.stats
+    assert st["admitted"] == 1 and st["steps"] >= 2 and st["pool_growths"] == 0
+    assert all(st[k] > 0 for k in ("admit_s", "decode_s", "read_s"))
+    assert st["encode_s"] == 0  # a text-only request has nothing to encode
+
+
 def test_stream_through_the_engine_equals_generate(ocr):
     stream = ocr.stream(None, prompt=PROMPTS[2], max_new_tokens=8)
     text = "".join(stream)
@@ -291,3 +305,8 @@ def test_admission_waits_for_a_group_of_free_slots_while_others_decode(ocr):
     assert outs == outs_capped
     for prompt, n, got in zip(PROMPTS, [3, 24, 24, 6, 6], outs):
         assert got == alone(ocr, prompt, max_new_tokens=n, ignore_eos=True, no_repeat_ngram_size=None).token_ids
+
+
+def test_capturing_graphs_is_a_no_op_without_cuda_graphs(ocr):
+    eng = Engine(ocr.model, ocr.tokenizer, max_slots=4, use_graphs=False)
+    assert eng.capture_graphs() == 0 and not eng.graphs._graphs

@@ -53,6 +53,20 @@ def test_graph_replay_equals_eager_with_bucket_padding(small_model, page):
     assert alone == b
 
 
+def test_graphs_captured_up_front_are_the_ones_replayed(small_model, page):
+    """`capture_graphs` captures every bucket the engine can pick (max_slots 12: 1, 2, 4, 8, 12),
+    leaves no trace in the outputs, and a run afterwards captures nothing new."""
+    texts = [small_model.prepare(None, p) for p in ("Hello there", "1 2 3 4 5", "Zebra crossing")]
+    batch = [page] + texts
+    eager = Engine(small_model.model, small_model.tokenizer, max_slots=12, use_graphs=False)
+    eng = Engine(small_model.model, small_model.tokenizer, max_slots=12, use_graphs=True)
+    assert eng.capture_graphs() == 5
+    keys = set(eng.graphs._graphs)
+    assert sorted(k[0] for k in keys) == [1, 2, 4, 8, 12]
+    assert run(eng, batch * 3, max_new_tokens=16) == run(eager, batch * 3, max_new_tokens=16)
+    assert set(eng.graphs._graphs) == keys
+
+
 def test_pool_growth_recaptures_and_keeps_tokens(small_model, page):
     eng = Engine(small_model.model, small_model.tokenizer, max_slots=4, block_size=16,
                  initial_blocks=80, max_blocks=400, use_graphs=True)

@@ -114,6 +114,10 @@ def test_32_concurrent_requests_equal_each_request_alone(ocr, server):
                              "total_tokens": ref.prompt_tokens + len(ref.token_ids)}
     figures = httpx.get(server.url + "/metrics").text
     assert metric(figures, "engine_steps_total") > 0 and metric(figures, "requests_in_flight") == 0
+    phases = dict(re.findall(r'^deepseek_ocr_engine_seconds_total{engine="engine-0",phase="(\w+)"} (\S+)$',
+                             figures, re.M))
+    assert set(phases) == {"admit", "encode", "decode", "read"}
+    assert all(float(v) > 0 for v in phases.values()), phases  # images were encoded, tokens read
 
 
 def malformed_requests(good: dict) -> list[tuple[object, int]]:

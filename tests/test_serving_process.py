@@ -111,3 +111,36 @@ def test_sigterm_drains_then_cuts_at_the_shutdown_timeout_and_exits_0(checkpoint
 def test_bad_arguments_exit_2_before_loading(argv, words, capsys):
     assert serve_main(["--model", "/nonexistent/checkpoint", *argv]) == 2
     assert words in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("devices, argv, preallocated", [
+    (["cuda:0"], [], True),
+    (["cuda:0", "cuda:1"], ["--max-slots", "8"], True),
+    (["cuda:0"], ["--kv-cache", "grow"], False),
+    (["cpu"], [], False),
+])
+def test_kv_cache_pool_preallocated_on_gpus_unless_asked_to_grow(devices, argv, preallocated, monkeypatch):
+    """`serve` asks each engine for its whole KV pool at start on GPUs (the engine caps the ask at
+    its own limit); on the CPU, or with `--kv-cache grow`, the engine's small default stays."""
+    import deepseek_ocr.serving as serving
+    from deepseek_ocr.commands import serve
+
+    seen = {}
+
+    class FakeBackend:
+        def __init__(self, models, config, engine_kwargs=None):
+            seen["engine_kwargs"] = engine_kwargs
+
+    monkeypatch.setattr(serve, "_devices", lambda args: devices)
+    monkeypatch.setattr(serve, "_load", lambda args, devs: [object() for _ in devs])
+    monkeypatch.setattr(serving, "Backend", FakeBackend)
+    monkeypatch.setattr(serving, "create_app", lambda backend: None)
+    monkeypatch.setattr(serving, "run_server", lambda *a, **k: None)
+    monkeypatch.setattr(serve.signal, "signal", lambda *a: None)
+    assert serve.main(["--model", "/some/checkpoint", *argv]) == 0
+    kwargs = seen["engine_kwargs"]
+    assert ("initial_blocks" in kwargs) == preallocated
+    if preallocated:
+        assert kwargs["initial_blocks"] >= 2**31 - 1  # more than any pool: the engine's cap decides
+    if "--max-slots" in argv:
+        assert kwargs["max_slots"] == 8

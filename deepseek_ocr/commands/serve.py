@@ -56,6 +56,9 @@ def build_parser() -> argparse.ArgumentParser:
       help="allow browser calls from ORIGIN (repeatable; default: CORS off)")
     a("--allow-fetch", action="store_true", help="fetch http(s) image_url values (default: data: URLs only)")
     a("--max-slots", type=_positive(int), help="requests decoding at once per engine (default 256 on GPU, 16 on CPU)")
+    a("--kv-cache", choices=("preallocate", "grow"), default="preallocate",
+      help="on a GPU, allocate the KV cache pool at its full size at start (default: no pool growth, "
+           "which would recapture every CUDA graph, in the middle of serving) or start small and grow")
     a("--max-queue", type=int, default=256, help="requests accepted beyond the slots before 429 (default 256)")
     a("--max-body-mb", type=_positive(float), default=64.0, help="largest request body in MB (default 64)")
     a("--max-pixels", type=_positive(int), default=None, help="largest image in pixels (default 64 Mpx)")
@@ -157,6 +160,10 @@ def main(argv: list[str] | None = None) -> int:
     if models is None:
         return EXIT_USAGE
     engine_kwargs = {"max_slots": args.max_slots} if args.max_slots else {}
+    if args.kv_cache == "preallocate" and any(d.startswith("cuda") for d in devices):
+        # The engine caps its pool at what every slot's full context needs, or 60% of the
+        # memory free after loading: asking for more than that starts it at that cap.
+        engine_kwargs["initial_blocks"] = 2**31
     backend = Backend(models, config, engine_kwargs=engine_kwargs)
     say(f"deepseek-ocr serve: {config.model_name} on {', '.join(devices)} "
         f"({len(models)} engine(s)); http://{args.host}:{args.port}/ (web page), /v1/chat/completions, /v1/ocr")

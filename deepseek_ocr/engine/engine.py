@@ -110,7 +110,17 @@ class Engine:
         self.running: dict[int, Request] = {}  # slot -> request
         self._inflight: deque[Launch] = deque()
         self._pinned = on_cuda
-        self.stats = {"steps": 0, "prefills": 0, "preemptions": 0, "pool_growths": 0, "generated": 0}
+        # Counts, and host seconds per phase of `step` (where a run's wall time went: `read_s`
+        # is mostly waiting for the GPU to finish a step, the others are host work that the
+        # GPU may or may not overlap; `encode_s` is part of `admit_s`).
+        self.stats = {"steps": 0, "prefills": 0, "preemptions": 0, "pool_growths": 0, "generated": 0,
+                      "admitted": 0, "admit_s": 0.0, "encode_s": 0.0, "decode_s": 0.0, "read_s": 0.0}
+
+    def capture_graphs(self) -> int:
+        """Capture the decode step of every batch bucket now (CUDA; a no-op elsewhere): a server
+        calls this at start, so requests never wait for a capture. The number captured; a pool
+        growth later captures again."""
+        return self.graphs.capture_all(self.cache, self.tokens, self.max_slots)
 
     # -------------------------------------------------------------------------- requests
     def submit(self, inputs: PreparedInputs, options: GenerationOptions | None = None, *,
@@ -170,16 +180,24 @@ class Engine:
             if req.cancel_requested:
                 self._finish(req, "cancelled")
         launched = 0
+        t0 = time.perf_counter()
         admitted = self._admit()
         if admitted:
             self._prefill(admitted)
             launched += 1
+            self.stats["admitted"] += len(admitted)
+        t1 = time.perf_counter()
         if self._decode():
             launched += 1
+        t2 = time.perf_counter()
         # Read what was launched before this round; keep this round's launches in flight.
         keep = launched if launched else 0
         while len(self._inflight) > keep:
             self._collect(self._inflight.popleft())
+        st = self.stats
+        st["admit_s"] += t1 - t0
+        st["decode_s"] += t2 - t1
+        st["read_s"] += time.perf_counter() - t2
 
     # ------------------------------------------------------------------------- admission
     def _free_slots(self) -> list[int]:
@@ -276,8 +294,11 @@ class Engine:
 
     def _prefill(self, batch: list[Request]) -> None:
         need = [r for r in batch if r.vision_rows is None and r.inputs.has_image]
-        for r, rows in zip(need, encode_prepared(self.model, [r.inputs for r in need])):
-            r.vision_rows = rows
+        if need:
+            t = time.perf_counter()
+            for r, rows in zip(need, encode_prepared(self.model, [r.inputs for r in need])):
+                r.vision_rows = rows
+            self.stats["encode_s"] += time.perf_counter() - t
         embeds = []
         for r in batch:
             e = prompt_embeddings(self.model, r.inputs, r.vision_rows if r.inputs.has_image else None)

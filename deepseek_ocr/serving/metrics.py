@@ -132,6 +132,11 @@ class Metrics:
                [({"engine": w.name}, w.stats.get("steps", 0)) for w in workers])
         metric("engine_preemptions_total", "counter", "Requests preempted for cache room.",
                [({"engine": w.name}, w.stats.get("preemptions", 0)) for w in workers])
+        metric("engine_seconds_total", "counter",
+               "Engine thread seconds by phase of the step: admit (encode and prefill launched, "
+               "encode is part of it), decode (the step launched), read (waiting for the GPU's tokens).",
+               [({"engine": w.name, "phase": phase}, round(w.stats.get(f"{phase}_s", 0.0), 6))
+                for w in workers for phase in ("admit", "encode", "decode", "read")])
         metric("engine_failures_total", "counter", "Engine steps that raised (their requests failed).",
                [({"engine": w.name}, w.failures) for w in workers])
         metric("prompt_tokens_total", "counter", "Prompt tokens (image tokens included) of finished requests.",

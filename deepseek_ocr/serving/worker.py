@@ -193,6 +193,12 @@ class EngineWorker:
 
     def _main(self) -> None:
         eng = self.engine
+        try:  # every batch bucket's CUDA graph now, not in the middle of the first requests
+            captured = eng.capture_graphs()
+            if captured:
+                logger.info("%s: captured the decode step for %d batch sizes", self.name, captured)
+        except Exception:  # noqa: BLE001 - the engine still captures each bucket on first use
+            logger.exception("%s: capturing the decode graphs at start failed", self.name)
         while True:
             try:
                 # Idle: sleep until a command arrives. Busy: take what is there and step.
