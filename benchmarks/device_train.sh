@@ -4,7 +4,8 @@
 # to its own edit distance without it):
 #   bash benchmarks/device_train.sh tests   # the grouped-expert GPU tests (~1 min)
 #   bash benchmarks/device_train.sh bench   # bench_train: lines+page x lora+paper + packing (~7 min)
-#   bash benchmarks/device_train.sh learn   # learning_run, 7.5 training minutes (~9.5 min)
+#   bash benchmarks/device_train.sh learn   # learning_run, 6.5 training minutes (~9.5 min)
+#   bash benchmarks/device_train.sh profile # bench_train page x paper with torch.profiler tables (~2 min)
 set -u
 PY=$(command -v python3 || command -v python)  # the image's python3 holds PyTorch
 export PYTHONUNBUFFERED=1 PYTHONPATH=$PWD
@@ -20,7 +21,9 @@ case "${1:-bench}" in
   tests) timeout 300 "$PY" -m pytest -q -rs tests/test_grouped_experts.py 2>&1 | tee "$OUT/tests.log" ;;
   bench) timeout 560 "$PY" benchmarks/bench_train.py --workload all --mode all --packing --steps 8 \
            --json "$OUT/train.json" 2>&1 | tee "$OUT/bench_train.log" ;;
-  learn) timeout 570 "$PY" benchmarks/learning_run.py --minutes 7.5 --out "$OUT/learning" 2>&1 \
+  learn) timeout 575 "$PY" benchmarks/learning_run.py --minutes 6.5 --out "$OUT/learning" 2>&1 \
            | tee "$OUT/learning.log" ;;
-  *) echo "usage: $0 tests|bench|learn" >&2; exit 2 ;;
+  profile) timeout 300 "$PY" benchmarks/bench_train.py --workload page --mode paper --steps 4 --no-check \
+           --profile "$OUT/train_profile.txt" --json "$OUT/train_profile.json" 2>&1 | tee "$OUT/bench_train_profile.log" ;;
+  *) echo "usage: $0 tests|bench|learn|profile" >&2; exit 2 ;;
 esac
