@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -34,6 +35,8 @@ def main():
     ap.add_argument("--batch-size", type=int, default=256)
     ap.add_argument("--workers", type=int, default=8)
     ap.add_argument("--out", default="bench_pages.json")
+    ap.add_argument("--warm", action="store_true", help="grow the pool and capture every graph before timing")
+    ap.add_argument("--variants", default="", help="comma-separated: default, no_ngram, switch (see below)")
     a = ap.parse_args()
     folder = Path(a.folder)
     if not (folder / "config.json").is_file():
@@ -49,18 +52,34 @@ def main():
         assert all(o.error is None for o in warm), [o.error for o in warm]
         eng = engine_for(ocr.model, ocr.tokenizer)
         runs = []
-        # Twice: the first run in a process also captures a graph per batch bucket and grows the
-        # KV pool (which recaptures them); the second is the steady state of a long run.
-        for run in ("first", "second"):
+        if a.warm:
+            # Steady state only: the pool at the size these pages need and every bucket's graph
+            # captured before the timed runs (the first run in a process would do both inside).
+            need = a.batch_size * -(-(warm[0].result.prompt_tokens + a.tokens + 1) // eng.cache.block_size)
+            while eng.cache.num_blocks <= need and eng._grow_pool():
+                pass
+            eng.capture_graphs()
+        variants = a.variants.split(",") if a.variants else ["first", "second"]
+        # Without --variants: twice, the first run in a process also capturing a graph per batch
+        # bucket and growing the KV pool (which recaptures them), the second the steady state.
+        # Variants: "default" (the command's settings), "no_ngram" (the official n-gram rule
+        # off), "switch" (sys.setswitchinterval(0.5 ms): the GIL handed between the engine and
+        # the worker threads ten times as often).
+        for run in variants:
+            kwargs = {"no_repeat_ngram_size": None} if run == "no_ngram" else {}
+            old_interval = sys.getswitchinterval()
+            if run == "switch":
+                sys.setswitchinterval(0.0005)
             torch.cuda.synchronize()
             torch.cuda.reset_peak_memory_stats()
             before = dict(eng.stats)
             t = time.perf_counter()
             outs = list(run_pages(ocr, refs, batch_size=a.batch_size, workers=a.workers,
                                   out_dir=Path(tmp) / f"out-{run}", resume=False, max_new_tokens=a.tokens,
-                                  ignore_eos=True))
+                                  ignore_eos=True, **kwargs))
             torch.cuda.synchronize()
             secs = time.perf_counter() - t
+            sys.setswitchinterval(old_interval)
             tokens = sum(len(o.result.token_ids) for o in outs if o.result is not None)
             spent = {k: round(eng.stats[k] - before[k], 3) for k in eng.stats}
             # Host seconds outside the engine's step: waiting for pages to be prepared, the

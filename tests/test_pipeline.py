@@ -536,3 +536,28 @@ def test_continuous_run_equals_the_static_windows(ocr, tmp_path):
         assert (tmp_path / "b" / name / "page-0001.md").read_text(encoding="utf-8") == \
             (tmp_path / "a" / name / "page-0001.md").read_text(encoding="utf-8")
     assert not engine_for(ocr.model, ocr.tokenizer).has_work
+
+
+def test_short_gil_turns_while_pages_stream_then_restored(ocr, tmp_path, monkeypatch):
+    """The engine's steps run with the GIL switch interval at 0.5 ms (its host work competes
+    with the preparing and finishing threads); the process's own value comes back after."""
+    import sys
+
+    from deepseek_ocr.engine.gil import short_gil_turns
+    make_image(tmp_path / "p1.png", (100, 80))
+    eng = engine_for(ocr.model, ocr.tokenizer)
+    seen = []
+    real_step = type(eng).step
+    monkeypatch.setattr(type(eng), "step", lambda self: (seen.append(sys.getswitchinterval()), real_step(self))[1])
+    old = sys.getswitchinterval()
+    sys.setswitchinterval(0.004)
+    try:
+        outcomes = list(run_pages(ocr, pages_of(tmp_path / "p1.png"), mode=FAST, batch_size=2, workers=1, **GEN))
+        assert [o.status for o in outcomes] == ["ok"]
+        assert seen and all(v == pytest.approx(0.0005, rel=0.02) for v in seen)
+        assert sys.getswitchinterval() == pytest.approx(0.004, rel=0.02)
+        sys.setswitchinterval(0.0001)
+        with short_gil_turns():
+            assert sys.getswitchinterval() == pytest.approx(0.0001, rel=0.02)
+    finally:
+        sys.setswitchinterval(old)

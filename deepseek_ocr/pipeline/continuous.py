@@ -15,6 +15,7 @@ from typing import Iterable, Iterator
 import torch
 
 from ..engine import GenerationOptions, engine_for, supports_model
+from ..engine.gil import short_gil_turns
 from ..errors import DeepseekOCRError
 from ..generation.generate import make_result
 
@@ -60,7 +61,9 @@ def run_continuous(runner, pages: Iterable) -> Iterator:
         return slot.skipped is not None or slot.error is not None or slot.result is not None
 
     try:
-        with runner.watch.batch(runner.batch_size):
+        # The engine's step shares the GIL with the preparing and finishing threads: short GIL
+        # turns while pages stream (restored when the run ends; see engine/gil.py).
+        with short_gil_turns(), runner.watch.batch(runner.batch_size):
             while True:
                 fill()
                 while pending and in_engine < runner.batch_size:

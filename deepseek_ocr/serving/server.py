@@ -13,6 +13,7 @@ import sys
 
 import uvicorn
 
+from ..engine.gil import SWITCH_INTERVAL_S
 from .backend import Backend
 
 logger = logging.getLogger(__name__)
@@ -43,11 +44,9 @@ def make_server(app, backend: Backend, *, host: str = "127.0.0.1", port: int = 8
 def run_server(app, backend: Backend, *, host: str = "127.0.0.1", port: int = 8000, shutdown_timeout: float = 30.0,
                log_level: str = "info", access_log: bool = False, sock: socket.socket | None = None) -> None:
     """Serve until SIGTERM/SIGINT (or `server.should_exit`); blocks."""
-    # The engine thread and the event loop share the GIL. Python hands it over only every
-    # `switchinterval` (5 ms by default) when both want it, so a busy loop (hundreds of streams'
-    # chunks) could hold each engine step back by up to 5 ms while the GPU waits; 0.5 ms keeps
-    # the engine's turn short. Set in the serving process only.
-    sys.setswitchinterval(min(sys.getswitchinterval(), 0.0005))
+    # The engine thread, the event loop and the preparing threads share the GIL: short turns
+    # for the serving process's whole life (see engine/gil.py).
+    sys.setswitchinterval(min(sys.getswitchinterval(), SWITCH_INTERVAL_S))
     server = make_server(app, backend, host=host, port=port, shutdown_timeout=shutdown_timeout,
                          log_level=log_level, access_log=access_log)
     server.run(sockets=[sock] if sock is not None else None)
