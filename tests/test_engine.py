@@ -310,3 +310,25 @@ def test_admission_waits_for_a_group_of_free_slots_while_others_decode(ocr):
 def test_capturing_graphs_is_a_no_op_without_cuda_graphs(ocr):
     eng = Engine(ocr.model, ocr.tokenizer, max_slots=4, use_graphs=False)
     assert eng.capture_graphs() == 0 and not eng.graphs._graphs
+
+
+def test_growing_the_pool_keeps_every_block_and_hands_out_old_free_blocks_first():
+    from deepseek_ocr.engine.paged_cache import CacheFullError, PagedKVCache
+    c = PagedKVCache(2, 3, 2, 4, num_blocks=4, block_size=2, context=16, dtype=torch.float32, device="cpu")
+    c.reserve(0, 4)  # blocks 1, 2
+    for layer in range(2):
+        c.k[layer].copy_(torch.randn_like(c.k[layer]))
+        c.v[layer].copy_(torch.randn_like(c.v[layer]))
+    before_k, before_v = [t.clone() for t in c.k], [t.clone() for t in c.v]
+    table = c.table.clone()
+    with pytest.raises(CacheFullError):
+        c.reserve(1, 4)  # one block free, two wanted
+    c.grow(3)  # smaller than now: nothing changes
+    assert c.num_blocks == 4 and c.k[0].shape[0] == 4
+    c.grow(7)
+    assert c.num_blocks == 7 and c.free_blocks == 4 and torch.equal(c.table, table)
+    for layer in range(2):
+        assert torch.equal(c.k[layer][:4], before_k[layer]) and torch.equal(c.v[layer][:4], before_v[layer])
+        assert not c.k[layer][4:].any() and not c.v[layer][4:].any()
+    c.reserve(1, 4)
+    assert c.table[1, :2].tolist() == [3, 4]  # the old free block first, then the new ones in order

@@ -263,16 +263,11 @@ class Engine:
             return False
         new_n = min(self.max_pool_blocks, 2 * c.num_blocks)
         try:
-            k = [torch.zeros((new_n,) + t.shape[1:], dtype=t.dtype, device=t.device) for t in c.k]
-            v = [torch.zeros((new_n,) + t.shape[1:], dtype=t.dtype, device=t.device) for t in c.v]
+            c.grow(new_n)
         except torch.OutOfMemoryError:
             self.max_pool_blocks = c.num_blocks
             logger.warning("KV cache pool cannot grow past %d blocks (out of memory)", c.num_blocks)
             return False
-        for dst, src in zip(k + v, c.k + c.v):
-            dst[:c.num_blocks] = src
-        c._free[:0] = list(range(new_n - 1, c.num_blocks - 1, -1))
-        c.k, c.v, c.num_blocks = k, v, new_n
         self.graphs.clear()  # the captured steps read the old pools
         self.stats["pool_growths"] += 1
         logger.info("KV cache pool grown to %d blocks of %d slots", new_n, c.block_size)

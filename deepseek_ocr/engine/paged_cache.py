@@ -72,6 +72,19 @@ class PagedKVCache:
         self.table[slot, len(have):want] = to_device(new, torch.int32, self.table.device)
         have.extend(new)
 
+    def grow(self, num_blocks: int) -> None:
+        """Enlarge the pool to `num_blocks` blocks: new K/V tensors with the old blocks copied
+        in, so the tables stay valid (torch.OutOfMemoryError, nothing changed, if they do not
+        fit). The tensors' addresses change: anything that captured the old ones is stale."""
+        if num_blocks <= self.num_blocks:
+            return
+        k = [torch.zeros((num_blocks,) + t.shape[1:], dtype=t.dtype, device=t.device) for t in self.k]
+        v = [torch.zeros((num_blocks,) + t.shape[1:], dtype=t.dtype, device=t.device) for t in self.v]
+        for dst, src in zip(k + v, self.k + self.v):
+            dst[:self.num_blocks] = src
+        self._free[:0] = list(range(num_blocks - 1, self.num_blocks - 1, -1))  # after the old free ones
+        self.k, self.v, self.num_blocks = k, v, num_blocks
+
     def release(self, slot: int) -> None:
         """Give row `slot`'s blocks back and point it at the scratch block."""
         self._free.extend(reversed(self._owned[slot]))
