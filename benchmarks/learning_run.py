@@ -47,7 +47,7 @@ from deepseek_ocr.evaluation.errors import MetricDependencyError  # noqa: E402
 from deepseek_ocr.processing.prompt import PreparedInputs, build_inputs, with_answer  # noqa: E402
 from deepseek_ocr.processing.tokenizer import Tokenizer  # noqa: E402
 from deepseek_ocr.processing.views import make_views, resolve_mode  # noqa: E402
-from deepseek_ocr.training.optim import build_optimizer  # noqa: E402
+from deepseek_ocr.training.optim import param_groups  # noqa: E402
 from deepseek_ocr.training.trainable import set_trainable  # noqa: E402
 from deepseek_ocr.weights.random import make_random_checkpoint  # noqa: E402
 
@@ -153,6 +153,23 @@ def scale_residual_outputs(model: torch.nn.Module, scale: float) -> int:
     return n
 
 
+def tower_and_rest_optimizer(model: torch.nn.Module, lr: float, weight_decay: float,
+                             tower_lr_scale: float) -> torch.optim.AdamW:
+    """AdamW (the library's decay / no-decay groups) with the vision tower (SAM, CLIP) at
+    `tower_lr_scale` times the learning rate of the rest (projector, decoder); each group's
+    `lr_scale` multiplies the schedule's rate."""
+    named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+    tower = [(n, p) for n, p in named if n.startswith(("vision.sam.", "vision.clip."))]
+    rest = [(n, p) for n, p in named if not n.startswith(("vision.sam.", "vision.clip."))]
+    groups = []
+    for part, scale in ((tower, tower_lr_scale), (rest, 1.0)):
+        for g in param_groups(part, weight_decay):
+            g["lr_scale"] = scale
+            groups.append(g)
+    fused = all(p.is_cuda for _, p in named)
+    return torch.optim.AdamW(groups, lr=lr, weight_decay=weight_decay, fused=fused or None)
+
+
 def lr_at(step: int, frac: float, base: float, warmup: int) -> float:
     """Linear warmup over `warmup` steps, then cosine to 10% over the time budget."""
     if step < warmup:
@@ -225,6 +242,8 @@ def main(argv=None):
     ap.add_argument("--batch", type=int, default=32)
     ap.add_argument("--lr", type=float, default=3e-4)
     ap.add_argument("--warmup", type=int, default=100)
+    ap.add_argument("--tower-lr-scale", type=float, default=1.0,
+                    help="the vision tower's learning rate as a multiple of --lr (projector and decoder take --lr)")
     ap.add_argument("--clip", type=float, default=1.0)
     ap.add_argument("--residual-init-scale", type=float, default=0.1,
                     help="scale of the vision tower's residual-branch outputs at init (1: as the random checkpoint)")
@@ -272,7 +291,7 @@ def main(argv=None):
     loader = torch.utils.data.DataLoader(Stream(lines, a.batch, a.seed), batch_size=None, collate_fn=as_is,
                                          num_workers=a.workers, prefetch_factor=2 if a.workers else None,
                                          persistent_workers=bool(a.workers))
-    opt = build_optimizer(ocr.model, lr=a.lr, weight_decay=0.01)
+    opt = tower_and_rest_optimizer(ocr.model, a.lr, 0.01, a.tower_lr_scale)
     params = [p for p in ocr.model.parameters() if p.requires_grad]
     amp = torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else torch.autocast("cpu", enabled=False)
     budget = a.minutes * 60
@@ -301,7 +320,7 @@ def main(argv=None):
             torch.cuda.synchronize()
         t = time.perf_counter()
         for g in opt.param_groups:
-            g["lr"] = lr_at(step, train_s / budget, a.lr, a.warmup)
+            g["lr"] = lr_at(step, train_s / budget, a.lr, a.warmup) * g["lr_scale"]
         with amp:
             res = ocr.loss(batch, gradient_checkpointing=a.gradient_checkpointing)
         res.loss.backward()
