@@ -332,3 +332,15 @@ def test_growing_the_pool_keeps_every_block_and_hands_out_old_free_blocks_first(
         assert not c.k[layer][4:].any() and not c.v[layer][4:].any()
     c.reserve(1, 4)
     assert c.table[1, :2].tolist() == [3, 4]  # the old free block first, then the new ones in order
+
+
+def test_capturing_graphs_is_refused_while_requests_run(ocr):
+    """A capture replays each step once: on a busy engine it would advance running requests."""
+    eng = Engine(ocr.model, ocr.tokenizer, max_slots=4, use_graphs=False)
+    req = eng.submit(ocr.prepare(None, "Hi"), options(max_new_tokens=4))
+    eng.step()
+    assert eng.running
+    with pytest.raises(GenerationError, match="idle engine"):
+        eng.capture_graphs()
+    eng.run([req])
+    assert eng.capture_graphs() == 0 and req.finish_reason == "length"

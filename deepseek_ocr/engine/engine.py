@@ -36,6 +36,7 @@ from typing import Callable, Iterable, Sequence
 import torch
 
 from ..decoder.fast import FastDecoder
+from ..errors import GenerationError
 from ..generation.sampling import check_finite, select_next_tokens
 from ..modeling import DeepseekOCRModel
 from ..processing.prompt import PreparedInputs
@@ -120,7 +121,10 @@ class Engine(AdmissionMixin):
     def capture_graphs(self) -> int:
         """Capture the decode step of every batch bucket now (CUDA; a no-op elsewhere): a server
         calls this at start, so requests never wait for a capture. The number captured; a pool
-        growth later captures again."""
+        growth later captures again. Only on an idle engine (GenerationError otherwise): each
+        capture also replays its step once, which would advance running requests."""
+        if self.running or self._inflight:
+            raise GenerationError("capture_graphs needs an idle engine: requests are running")
         return self.graphs.capture_all(self.cache, self.tokens, self.max_slots)
 
     # -------------------------------------------------------------------------- requests

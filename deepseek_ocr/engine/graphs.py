@@ -74,8 +74,8 @@ class DecodeGraphs:
 
     def capture_all(self, cache: PagedKVCache, tokens: torch.Tensor, max_rows: int) -> int:
         """Capture (and replay once) the step of every bucket up to `max_rows` now, so that no
-        request later waits for a capture; the number of buckets captured. With no row active
-        the step reads and writes only the scratch block, so it may run at any time."""
+        request later waits for a capture; the number of buckets captured. Call it with no row
+        active (the engine checks): the step then reads and writes only the scratch block."""
         if not self.use_graphs or not kernels.enabled():
             return 0
         rows = sorted({min(bucket_for(n), max_rows) for n in range(1, max_rows + 1)})  # as the engine picks
