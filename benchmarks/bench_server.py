@@ -30,6 +30,8 @@ import json
 import math
 import os
 import re
+import shutil
+import signal
 import socket
 import statistics
 import subprocess
@@ -169,6 +171,32 @@ def launch(args) -> tuple[subprocess.Popen, str]:
         time.sleep(0.5)
 
 
+def start_spy(server: subprocess.Popen, out: Path) -> list[subprocess.Popen]:
+    """Two py-spy samplers of `server` (100 Hz, without pausing it): every thread, idle or not
+    (`out`), and only the thread holding the GIL (`out` with `_gil`); none when py-spy is missing.
+    A sampler that may not read the process (ptrace) says so in its .log and writes nothing."""
+    if shutil.which("py-spy") is None:
+        print("--spy: py-spy is not installed; no samples", flush=True)
+        return []
+    out.parent.mkdir(parents=True, exist_ok=True)
+    spies = []
+    for path, extra in ((out, ["--idle"]), (out.with_name(out.stem + "_gil.txt"), ["--gil"])):
+        spies.append(subprocess.Popen(["py-spy", "record", "--pid", str(server.pid), "--rate", "100", "--format",
+                                       "raw", "--threads", "--nonblocking", *extra, "--output", str(path)],
+                                      stdout=subprocess.DEVNULL, stderr=open(str(path) + ".log", "w")))
+    return spies
+
+
+def stop_spy(spies: list[subprocess.Popen] | None) -> None:
+    for spy in spies or ():
+        spy.send_signal(signal.SIGINT)  # py-spy writes its samples on SIGINT
+    for spy in spies or ():
+        try:
+            spy.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            spy.kill()
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--url", help="a running server (default: start one with --model)")
@@ -186,6 +214,9 @@ def main() -> int:
     ap.add_argument("--mode", default="gundam", help="resolution mode of every request (default gundam)")
     ap.add_argument("--timeout", type=float, default=3600.0, help="seconds per request")
     ap.add_argument("--out", default="bench_server.json")
+    ap.add_argument("--spy", metavar="DIR",
+                    help="sample the started server's threads with py-spy during each level (where each "
+                         "thread spends its time, and which holds the GIL): DIR/spy_c<N>.txt, collapsed stacks")
     args = ap.parse_args()
     if bool(args.url) == bool(args.model):
         ap.error("give --url (a running server) or --model (start one), not both")
@@ -204,7 +235,11 @@ def main() -> int:
         for i, c in enumerate(args.concurrency):
             n = args.requests[min(i, len(args.requests) - 1)] if args.requests else max(8, 2 * c)
             before = engine_figures(url, headers)
-            level = asyncio.run(run_level(url, headers, body, c, n, args.timeout))
+            spy = start_spy(proc, Path(args.spy) / f"spy_c{c}.txt") if args.spy and proc is not None else None
+            try:
+                level = asyncio.run(run_level(url, headers, body, c, n, args.timeout))
+            finally:
+                stop_spy(spy)
             after = engine_figures(url, headers)
             # Where the engine thread's time went during the level (warm-up request included).
             level["engine"] = {k: round(after[k] - before.get(k, 0.0), 3) for k in after}

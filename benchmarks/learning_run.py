@@ -153,6 +153,33 @@ def scale_residual_outputs(model: torch.nn.Module, scale: float) -> int:
     return n
 
 
+def profile_steps(ocr, batch, opt, params, amp, a) -> None:
+    """Three more steps on the last batch under torch.profiler; the tables go to `a.profile`."""
+    from torch.profiler import ProfilerActivity, profile
+    cuda = torch.cuda.is_available() and not a.smoke
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if cuda else [])
+    t = time.perf_counter()
+    with profile(activities=activities) as prof:
+        for _ in range(3):
+            with amp:
+                res = ocr.loss(batch, gradient_checkpointing=a.gradient_checkpointing)
+            res.loss.backward()
+            torch.nn.utils.clip_grad_norm_(params, a.clip)
+            opt.step()
+            opt.zero_grad(set_to_none=True)
+        if cuda:
+            torch.cuda.synchronize()
+    wall = time.perf_counter() - t
+    events = prof.key_averages()
+    with open(a.profile, "a", encoding="utf-8") as f:
+        f.write(f"== learning run, preset {a.preset}, {len(batch)} samples, 3 steps: wall {wall * 1e3:.1f} ms (profiled)\n")
+        f.write(events.table(sort_by="self_device_time_total" if cuda else "self_cpu_time_total", row_limit=40,
+                             max_name_column_width=90))
+        f.write("\n-- host ops by CPU time\n")
+        f.write(events.table(sort_by="self_cpu_time_total", row_limit=20, max_name_column_width=90))
+        f.write("\n")
+
+
 def tower_and_rest_optimizer(model: torch.nn.Module, lr: float, weight_decay: float,
                              tower_lr_scale: float) -> torch.optim.AdamW:
     """AdamW (the library's decay / no-decay groups) with the vision tower (SAM, CLIP) at
@@ -258,6 +285,11 @@ def main(argv=None):
     ap.add_argument("--inter", type=int, default=1536)
     ap.add_argument("--workers", type=int, default=min(12, os.cpu_count() or 1))
     ap.add_argument("--gradient-checkpointing", action="store_true")
+    ap.add_argument("--preset", default="all", choices=("all", "paper"),
+                    help="what trains: everything, or the paper's stage 2 (SAM and its compressor frozen at "
+                         "their random init; CLIP, the projector and the decoder trained)")
+    ap.add_argument("--profile", default=None,
+                    help="FILE: after 20 steps, profile 3 more (kernels by GPU time, host ops) into FILE")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--smoke", action="store_true", help="CPU: tiny views and decoder, a few steps")
     a = ap.parse_args(argv)
@@ -281,7 +313,7 @@ def main(argv=None):
     ocr = DeepseekOCR.from_pretrained(folder, device=device, dtype=torch.float32)
     scaled = scale_residual_outputs(ocr.model, a.residual_init_scale) if a.residual_init_scale != 1 else 0
     print(f"residual-branch outputs scaled by {a.residual_init_scale}: {scaled} tensors", flush=True)
-    summary = set_trainable(ocr.model, "all")
+    summary = set_trainable(ocr.model, a.preset)
     print(summary, flush=True)
     ocr.model.train()
     lines = Lines(ocr.tokenizer, a.mode, a.words, a.max_words, a.canvas, a.font_size, a.min_words, a.max_lines)
@@ -343,6 +375,8 @@ def main(argv=None):
                   f"{samples / max(train_s, 1e-9):.0f} samples/s", flush=True)
         if step % a.eval_every == 0:
             run_eval()
+        if a.profile and step == (2 if a.smoke else 20):
+            profile_steps(ocr, batch, opt, params, amp, a)
     if not log["evals"] or log["evals"][-1]["step"] != step:
         run_eval()
     log["wall_seconds"] = round(time.perf_counter() - t_wall, 1)

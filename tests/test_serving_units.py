@@ -184,3 +184,14 @@ def test_histogram_buckets_are_cumulative():
         h.observe(v)
     assert h.lines("x") == ['x_bucket{le="1.0"} 2', 'x_bucket{le="2.0"} 3', 'x_bucket{le="+Inf"} 4',
                             "x_sum 6.0", "x_count 4"]
+
+
+@pytest.mark.parametrize("cores, workers", [(1, 2), (2, 2), (6, 6), (16, 12), (128, 12)])
+def test_prepare_workers_follow_the_usable_cores(monkeypatch, cores, workers):
+    import os
+
+    from deepseek_ocr.serving import config as config_module
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: set(range(cores)), raising=False)
+    assert config_module.default_prepare_workers() == workers
+    assert ServerConfig().prepare_workers == workers
+    assert ServerConfig(prepare_workers=3).prepare_workers == 3

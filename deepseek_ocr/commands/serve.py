@@ -67,7 +67,8 @@ def build_parser() -> argparse.ArgumentParser:
     a("--shutdown-timeout", type=_positive(float), default=30.0,
       help="seconds requests in flight get to finish on SIGTERM before they are cancelled (default 30)")
     a("--default-mode", default="gundam", help="mode of requests that name none (default gundam, as vLLM)")
-    a("--prepare-workers", type=_positive(int), default=4, help="threads preparing images and pages (default 4)")
+    a("--prepare-workers", type=_positive(int), default=None,
+      help="threads preparing images and pages (default: one per CPU core, 2 to 12)")
     a("--verbose", action="store_true", help="log requests and engine events")
     return ap
 
@@ -148,7 +149,7 @@ def main(argv: list[str] | None = None) -> int:
                               max_pixels=args.max_pixels or DEFAULT_MAX_PIXELS, max_pages=args.max_pages,
                               max_queue=args.max_queue, request_timeout=args.request_timeout,
                               allow_fetch=args.allow_fetch, default_mode=args.default_mode,
-                              prepare_workers=args.prepare_workers)
+                              **({} if args.prepare_workers is None else {"prepare_workers": args.prepare_workers}))
         devices = _devices(args)
     except ValueError as err:
         print(f"deepseek-ocr serve: {err}", file=sys.stderr)

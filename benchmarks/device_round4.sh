@@ -1,0 +1,43 @@
+#!/usr/bin/env bash
+# Fourth-round device runs (fifth session), each one device call:
+#   bash benchmarks/device_round4.sh probe   # learning_run 1 training minute per preset (all, paper) with a
+#                                            # profile of its step; bench_train page x paper profile (pinned views)
+#   bash benchmarks/device_round4.sh server  # bench_server at concurrency 1 and 256 with py-spy samples
+#   bash benchmarks/device_round4.sh learn ARGS...  # learning_run --minutes 7 ARGS (the run)
+# Carry .whl/ (Pillow, rapidfuzz, the server's stack, py-spy) and .shared/.
+set -u
+PY=$(command -v python3 || command -v python)
+export PYTHONUNBUFFERED=1 PYTHONPATH=$PWD:$PWD/benchmarks
+if ls .whl/*.whl >/dev/null 2>&1; then
+  "$PY" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl \
+    && export PYTHONPATH=/tmp/site:$PYTHONPATH PATH=/tmp/site/bin:$PATH
+fi
+OUT=${OUT:-/tmp/out}; mkdir -p "$OUT"
+nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader | tee "$OUT/device.txt"
+"$PY" -c "import torch, triton; print('torch', torch.__version__, 'triton', triton.__version__)" | tee -a "$OUT/device.txt"
+phase=${1:-probe}; shift || true
+case "$phase" in
+probe)
+  timeout 120 "$PY" -m pytest -q -rs -p no:hypothesispytest tests/test_training_views_gpu.py tests/test_grouped_experts.py \
+    > "$OUT/gpu_tests_train.log" 2>&1; tail -3 "$OUT/gpu_tests_train.log"
+  for preset in all paper; do
+    timeout 200 "$PY" benchmarks/learning_run.py --minutes 1.0 --preset $preset --eval-samples 16 --eval-every 100000 \
+      --profile "$OUT/learn_profile_$preset.txt" --out "$OUT/learn_probe_$preset" > "$OUT/learn_probe_$preset.log" 2>&1
+    grep -E "samples/s|done|Error" "$OUT/learn_probe_$preset.log" | tail -4
+  done
+  timeout 200 "$PY" benchmarks/bench_train.py --workload page --mode paper --steps 6 --no-check \
+    --profile "$OUT/train_profile.txt" --json "$OUT/train_profile.json" > "$OUT/bench_train_profile.log" 2>&1
+  grep -E "tokens/s|s/step" "$OUT/bench_train_profile.log" | tail -4
+  ;;
+server)
+  [ -d /tmp/full ] || "$PY" -c "from deepseek_ocr import make_random_checkpoint; make_random_checkpoint('/tmp/full', layers=12, experts=64, topk=6)"
+  timeout 420 "$PY" benchmarks/bench_server.py --model /tmp/full --concurrency 1 256 --requests 6 256 \
+    --max-tokens 1000 --spy "$OUT/spy" --out "$OUT/bench_server.json" > "$OUT/bench_server.log" 2>&1
+  grep -E "^concurrency|wrote|Error|py-spy" "$OUT/bench_server.log" | tail -6; ls -la "$OUT/spy"; cat "$OUT"/spy/*.log | head
+  ;;
+learn)
+  timeout 580 "$PY" benchmarks/learning_run.py --minutes 7 --out "$OUT/learning" "$@" > "$OUT/learning.log" 2>&1
+  grep -E "CER|done|Error" "$OUT/learning.log" | tail -12
+  ;;
+*) echo "usage: $0 probe|server|learn" >&2; exit 2 ;;
+esac
