@@ -17,6 +17,8 @@ grids (no host sync, CUDA-graph capturable):
     into `[N, H]`, whose order of additions would change from run to run.
 Programs of unused blocks (expert -1) return at once. Grid order puts the row blocks fastest, so
 programs that run together share one weight tile in L2 when an expert has several blocks.
+The row and token counts are `do_not_specialize` (see `moe_routing`): one compiled variant per
+tile configuration, whatever the batch.
 """
 from __future__ import annotations
 
@@ -84,7 +86,7 @@ def moe_experts_reference(x: torch.Tensor, weights: torch.Tensor, ids: torch.Ten
     return (out.view(n, k, -1).float() * weights[..., None]).sum(dim=1).to(x.dtype)
 
 
-@triton.jit
+@triton.jit(do_not_specialize=["n_mblocks", "n_pairs"])
 def _gate_up_kernel(x_ptr, w_ptr, h_ptr, sorted_pairs_ptr, block_expert_ptr, n_mblocks, n_pairs,
                     stride_x, stride_we, stride_wr, stride_h,
                     HIDDEN: tl.constexpr, INTER: tl.constexpr, TOP_K: tl.constexpr,
@@ -132,7 +134,7 @@ def _gate_up_kernel(x_ptr, w_ptr, h_ptr, sorted_pairs_ptr, block_expert_ptr, n_m
              h.to(h_ptr.dtype.element_ty), mask=valid[:, None] & col_ok[None, :])
 
 
-@triton.jit
+@triton.jit(do_not_specialize=["n_mblocks", "n_pairs"])
 def _down_kernel(h_ptr, w_ptr, out_ptr, sorted_pairs_ptr, block_expert_ptr, n_mblocks,
                  n_pairs, stride_h, stride_we, stride_wr, stride_o,
                  HIDDEN: tl.constexpr, INTER: tl.constexpr,
@@ -173,7 +175,7 @@ def _down_kernel(h_ptr, w_ptr, out_ptr, sorted_pairs_ptr, block_expert_ptr, n_mb
              acc.to(out_ptr.dtype.element_ty), mask=valid[:, None] & col_ok[None, :])
 
 
-@triton.jit
+@triton.jit(do_not_specialize=["n_tokens"])
 def _combine_kernel(src_ptr, weights_ptr, y_ptr, n_tokens, HIDDEN: tl.constexpr, TOP_K: tl.constexpr,
                     BLOCK_T: tl.constexpr, BLOCK_H: tl.constexpr):
     tokens = tl.program_id(0) * BLOCK_T + tl.arange(0, BLOCK_T)

@@ -18,6 +18,11 @@ A single-program version would serialise 2 passes over all N*k pairs (~100 chunk
 Loops whose trip count depends on N are `while` loops: the Triton 3.6 interpreter cannot take a
 runtime scalar as a `range` bound (numpy 2 refuses int() of its 1-element arrays); nothing in
 them benefits from software pipelining anyway.
+Counts that follow the batch (tokens, pairs, chunks, blocks) are `do_not_specialize`: Triton
+otherwise compiles a variant per combination of "== 1" and "divisible by 16" of each, and a
+server admitting pages of every length compiled new ones for minutes (py-spy on the H200: 7.3 s
+of the engine thread's time in Triton's compiler at concurrency 256). Nothing here gains from
+those hints (the counts only bound masks and loops).
 """
 from __future__ import annotations
 
@@ -103,7 +108,7 @@ def group_pairs_reference(ids: torch.Tensor, num_experts: int, block_m: int) -> 
 # Kernels
 # ----------------------------------------------------------------------------------------------
 
-@triton.jit
+@triton.jit(do_not_specialize=["n_tokens"])
 def _route_kernel(x_ptr, w_ptr, weights_ptr, ids_ptr, n_tokens, n_experts, scaling,
                   stride_x, stride_w, HIDDEN: tl.constexpr,
                   TOP_K: tl.constexpr, RENORM: tl.constexpr, BLOCK_T: tl.constexpr,
@@ -147,7 +152,7 @@ def _route_kernel(x_ptr, w_ptr, weights_ptr, ids_ptr, n_tokens, n_experts, scali
     tl.store(ids_ptr + out, top_i.to(tl.int64), mask=ok)
 
 
-@triton.jit
+@triton.jit(do_not_specialize=["n_pairs"])
 def _chunk_count_kernel(ids_ptr, chunk_counts_ptr, n_pairs, n_experts,
                         CHUNK: tl.constexpr, BLOCK_E: tl.constexpr):
     c = tl.program_id(0)
@@ -159,7 +164,7 @@ def _chunk_count_kernel(ids_ptr, chunk_counts_ptr, n_pairs, n_experts,
     tl.store(chunk_counts_ptr + c * BLOCK_E + experts, tl.sum(onehot, axis=0))
 
 
-@triton.jit
+@triton.jit(do_not_specialize=["n_pairs", "n_chunks", "n_blocks", "rows_per_prog", "blocks_per_prog"])
 def _scatter_kernel(ids_ptr, chunk_counts_ptr, sorted_pairs_ptr, block_expert_ptr, counts_ptr,
                     offsets_ptr, n_pairs, n_experts, n_chunks, n_blocks, rows_per_prog,
                     blocks_per_prog, CHUNK: tl.constexpr, BLOCK_E: tl.constexpr,

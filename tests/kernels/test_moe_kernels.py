@@ -297,3 +297,27 @@ def test_cuda_graph_replay_matches_eager(full_weights):
     y, _, ids = fused_moe(new_x, router, gate_up, down, k)
     assert torch.equal(static_ids, ids)
     assert torch.equal(static_y, y)  # deterministic kernels: bit-identical
+
+
+@on_gpu
+def test_batch_counts_compile_one_variant():
+    """Token and pair counts are not specialised on (== 1, divisible by 16): a server admitting
+    pages of every length compiled a new variant of the grouping kernels for minutes. Counts
+    of 258..768 pairs all take CHUNK 256, so each kernel must have compiled exactly once."""
+    from deepseek_ocr.kernels import moe_routing
+    dev = torch.device("cuda")
+    kernels = (moe_routing._chunk_count_kernel, moe_routing._scatter_kernel)
+
+    def variants(fn) -> int:
+        cache = fn.device_caches[torch.cuda.current_device()][0]  # Triton's per-device kernel cache
+        return len(cache)
+
+    before = [variants(k) for k in kernels]
+    g = torch.Generator(device="cpu").manual_seed(0)
+    for n in (43, 48, 49, 64, 80, 96, 100, 128):  # n*6 pairs: 258..768, every divisibility by 16
+        ids = torch.randint(0, 64, (n, 6), generator=g).to(dev)
+        got = group_pairs(ids, 64, 16)
+        ref = group_pairs_reference(ids, 64, 16)
+        assert torch.equal(got.counts.cpu(), ref.counts.cpu())
+    torch.cuda.synchronize()
+    assert [variants(k) - b for k, b in zip(kernels, before)] in ([1, 1], [0, 0])
