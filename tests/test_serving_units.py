@@ -186,7 +186,7 @@ def test_histogram_buckets_are_cumulative():
                             "x_sum 6.0", "x_count 4"]
 
 
-@pytest.mark.parametrize("cores, workers", [(1, 2), (2, 2), (6, 6), (16, 12), (128, 12)])
+@pytest.mark.parametrize("cores, workers", [(1, 2), (2, 2), (3, 3), (16, 4), (128, 4)])
 def test_prepare_workers_follow_the_usable_cores(monkeypatch, cores, workers):
     import os
 

@@ -68,7 +68,7 @@ def build_parser() -> argparse.ArgumentParser:
       help="seconds requests in flight get to finish on SIGTERM before they are cancelled (default 30)")
     a("--default-mode", default="gundam", help="mode of requests that name none (default gundam, as vLLM)")
     a("--prepare-workers", type=_positive(int), default=None,
-      help="threads preparing images and pages (default: one per CPU core, 2 to 12)")
+      help="threads preparing images and pages (default: one per CPU core, 2 to 4)")
     a("--verbose", action="store_true", help="log requests and engine events")
     return ap
 

@@ -16,15 +16,17 @@ API_KEY_ENV = "DEEPSEEK_OCR_API_KEY"
 
 
 def default_prepare_workers() -> int:
-    """One preparing thread per CPU core this process may use, 2 to 12. Four (the old default)
-    made a burst of 256 Gundam pages reach the engine over ~9 s on the H200's host (16 cores),
-    half the engine's steps running partly filled; the pipeline prepares with 12. Beyond ~12 the
-    threads mostly wait for the GIL that the engine's thread needs too."""
+    """Preparing threads: one per CPU core this process may use, 2 to 4. Measured on the H200's
+    host (16 cores, `bench_server.py`, 256 concurrent Gundam pages): 4 threads gave 11.08
+    pages/s, 12 gave 10.12 (and 8.09 vs 9.85 in an earlier pair): preparing holds the GIL in
+    parts (base64, array conversions), and more threads take it from the engine's thread, whose
+    admissions then reach the GPU later. Fewer than 4 on a small machine, where there are fewer
+    cores to share."""
     try:
         cores = len(os.sched_getaffinity(0))
     except AttributeError:  # not Linux
         cores = os.cpu_count() or 2
-    return max(2, min(12, cores))
+    return max(2, min(4, cores))
 
 
 @dataclass(frozen=True)
@@ -46,7 +48,7 @@ class ServerConfig:
         default_dpi, max_dpi: PDF rendering resolution, and the highest a request may ask.
         pages_in_flight: pages of one `/v1/ocr` request in the engine at once.
         prepare_workers: threads decoding images, rendering PDF pages and cutting views (default:
-            one per usable CPU core, 2 to 12; see `default_prepare_workers`).
+            one per usable CPU core, 2 to 4; see `default_prepare_workers`).
         retry_after: seconds suggested to a client refused with 429.
     """
 

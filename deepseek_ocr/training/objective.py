@@ -117,25 +117,13 @@ def encode_vision(model: DeepseekOCRModel, batch: Sequence[PreparedInputs],
                 term = vision.layout(vision.encode_views(blank)[0], None, (1, 1)).sum() * 0.0
                 keep_alive = term if keep_alive is None else keep_alive + term
                 continue
-            tokens = vision.encode_views(_views_to(device, [v for _, _, v in views]))
+            tokens = vision.encode_views(torch.cat([v for _, _, v in views]).to(device))
             for (i, kind, v), chunk in zip(views, tokens.split([v.shape[0] for _, _, v in views])):
                 encoded[(i, kind)] = chunk
         for i in todo:
             tiles = tuple(batch[i].images_spatial_crop[0].tolist())
             out[i] = vision.layout(encoded[(i, "global")][0], encoded.get((i, "crops")), tiles)
     return out, keep_alive
-
-
-def _views_to(device: torch.device, views: list[torch.Tensor]) -> torch.Tensor:
-    """The views stacked on `device`. For a GPU they are stacked straight into pinned host
-    memory and copied asynchronously: a pageable copy blocks the host for the whole transfer
-    (the profile of the paper preset on "page" showed ~5 ms per step of such copies)."""
-    if device.type != "cuda" or views[0].device.type != "cpu":
-        return torch.cat(views).to(device)
-    shape = (sum(v.shape[0] for v in views), *views[0].shape[1:])
-    staged = torch.empty(shape, dtype=views[0].dtype, pin_memory=True)
-    torch.cat(views, out=staged)
-    return staged.to(device, non_blocking=True)
 
 
 def balance_loss(scores: torch.Tensor, topk_ids: torch.Tensor, valid: torch.Tensor,
