@@ -17,12 +17,17 @@ class DeepseekOCRModel(nn.Module):
         self.decoder = Decoder(cfg.decoder)
 
     def merge_embeddings(self, input_ids: torch.Tensor, images_seq_mask: torch.Tensor,
-                         image_rows: torch.Tensor | None) -> torch.Tensor:
+                         image_rows: torch.Tensor | None, n_slots: int | None = None) -> torch.Tensor:
         """Token embeddings `[T, hidden]` (or `[B, T, hidden]` for ids `[B, T]`) with the image
         rows scattered, in order (row-major over a batch), into the positions where
-        `images_seq_mask` is set."""
+        `images_seq_mask` is set.
+
+        `n_slots`: the number of set positions, when the caller counted them on the host (the
+        mask's CPU copy); otherwise they are counted here, which on a GPU waits for every
+        queued kernel (the vision tower's) before the host may queue the decoder."""
         embeds = self.decoder.embed_tokens(input_ids)
-        n_slots = int(images_seq_mask.sum())
+        if n_slots is None:
+            n_slots = int(images_seq_mask.sum())
         n_rows = 0 if image_rows is None else image_rows.shape[0]
         if n_slots != n_rows:
             raise ValueError(f"{n_slots} <image> positions in the prompt but {n_rows} vision rows")

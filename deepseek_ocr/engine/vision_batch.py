@@ -54,4 +54,6 @@ def prompt_embeddings(model: DeepseekOCRModel, inputs: PreparedInputs,
     """Input embeddings `[T, hidden]`: token embeddings with the vision rows in place."""
     device = model.decoder.lm_head.weight.device
     ids = inputs.input_ids.to(device, non_blocking=True)
-    return model.merge_embeddings(ids, inputs.images_seq_mask.to(device, non_blocking=True), vision_rows)
+    mask = inputs.images_seq_mask
+    return model.merge_embeddings(ids, mask.to(device, non_blocking=True), vision_rows,
+                                  n_slots=int(mask.sum()) if mask.device.type == "cpu" else None)
