@@ -154,9 +154,7 @@ def balance_loss(scores: torch.Tensor, topk_ids: torch.Tensor, valid: torch.Tens
 def _pad_batch(model: DeepseekOCRModel, batch: Sequence[PreparedInputs],
                vision_rows: list[torch.Tensor | None], pad_id: int
                ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Right-padded `(embeds [B, T, H] on the model's device, labels [B, T], valid [B, T])`,
-    the last two on the host: what is counted or selected from them is decided there, without
-    waiting for the GPU (see `compute_loss`)."""
+    """Right-padded `(embeds [B, T, H], labels [B, T], valid [B, T])`."""
     device = model.decoder.embed_tokens.weight.device
     lengths = [inp.num_tokens for inp in batch]
     t_max = max(lengths)
@@ -174,9 +172,8 @@ def _pad_batch(model: DeepseekOCRModel, batch: Sequence[PreparedInputs],
     # One embedding lookup for the whole batch: its backward makes one dense [vocab, hidden]
     # gradient (a lookup per sample made one each, summed: three vocab-sized tensors at once).
     # masked_scatter fills the image positions in row-major order: sample by sample, in order.
-    embeds = model.merge_embeddings(ids.to(device), mask.to(device), torch.cat(rows) if rows else None,
-                                    n_slots=int(mask.sum()))
-    return embeds, labels, valid
+    embeds = model.merge_embeddings(ids.to(device), mask.to(device), torch.cat(rows) if rows else None)
+    return embeds, labels.to(device), valid.to(device)
 
 
 def _layer_step(layer, x, cos, sin, valid, aux_alpha: float | None):
@@ -214,8 +211,7 @@ def compute_loss(model: DeepseekOCRModel, batch: Sequence[PreparedInputs], *, pa
             raise TrainingInputError(f"sample {i} has no labels: prepare it with answer=...")
     cfg = model.decoder.cfg
     vision_rows, keep_alive = encode_vision(model, batch, agree_sizes)
-    embeds, labels_host, valid_host = _pad_batch(model, batch, vision_rows, pad_id)
-    valid = valid_host.to(embeds.device)
+    embeds, labels, valid = _pad_batch(model, batch, vision_rows, pad_id)
     b, t, _ = embeds.shape
     positions = torch.arange(t, device=embeds.device)[None].expand(b, t)
     cos, sin = rope_cos_sin(positions, cfg.head_dim, cfg.rope_theta, embeds.dtype)
@@ -228,29 +224,25 @@ def compute_loss(model: DeepseekOCRModel, batch: Sequence[PreparedInputs], *, pa
         else:
             x, aux = _layer_step(layer, x, cos, sin, valid, alpha)
         aux_total = aux_total + aux
-    # Position p predicts token p+1: score only where that next token is labelled. Which
-    # positions those are is known on the host: counting or boolean-indexing on the GPU would
-    # make the host wait there for the whole forward pass before queuing the rest of the step.
-    scored = labels_host[:, 1:] != IGNORE_INDEX
+    # Position p predicts token p+1: score only where that next token is labelled.
+    targets = labels[:, 1:]
+    scored = targets != IGNORE_INDEX
     num_labels = int(scored.sum())
     if num_labels == 0:
         raise TrainingInputError("no labelled token in the batch (every answer is empty?)")
-    seq, pos = scored.nonzero(as_tuple=True)  # row-major: the order of x[:, :-1][scored]
-    rows = (seq * t + pos).to(x.device, non_blocking=True)
-    target_ids = labels_host[:, 1:][scored].to(x.device, non_blocking=True)
-    hidden = model.decoder.norm(x.reshape(b * t, -1).index_select(0, rows))  # (n_labels, H)
+    hidden = model.decoder.norm(x[:, :-1][scored])  # (n_labels, H)
     head = model.decoder.lm_head
     if (type(head) is torch.nn.Linear and head.bias is None
             and num_labels * head.out_features >= CHUNKED_CE_MIN_ELEMENTS):
         # Float32 logits as the official code (a float64 model keeps float64), a chunk of
         # positions at a time (chunked_ce: the [n, vocab] logits are never held whole).
-        ce = linear_cross_entropy_sum(hidden, head.weight, target_ids) / num_labels
+        ce = linear_cross_entropy_sum(hidden, head.weight, targets[scored]) / num_labels
     else:  # small enough to hold (no recomputation), or a replaced head: its own forward
         logits = head(hidden)
         logits = logits if logits.dtype == torch.float64 else logits.float()
-        ce = F.cross_entropy(logits, target_ids, reduction="mean")
+        ce = F.cross_entropy(logits, targets[scored], reduction="mean")
     loss = ce + aux_total if aux_loss else ce
     if keep_alive is not None:
         loss = loss + keep_alive
         ce = ce + keep_alive
-    return LossOutput(loss=loss, ce=ce, aux=aux_total, num_labels=num_labels, num_tokens=int(valid_host.sum()))
+    return LossOutput(loss=loss, ce=ce, aux=aux_total, num_labels=num_labels, num_tokens=int(valid.sum()))
