@@ -2,7 +2,7 @@
 
     python benchmarks/learning_run.py --out runs/learning --minutes 6.5     # the H200 run (~9 min)
     python benchmarks/learning_run.py --smoke --out /tmp/learning_smoke    # CPU, ~1 min
-    python benchmarks/learning_run.py --minutes 6.5 --preset tower-frozen   # the next recipe to try (RESULTS.md)
+    python benchmarks/learning_run.py --minutes 6.5 --preset paper         # the next recipe to try (RESULTS.md)
 
 Everything starts random (`make_random_checkpoint` with a narrow decoder: `--layers`, `--hidden`,
 `--experts`, ...; SAM, CLIP and the projector at their official sizes; the vision tower's
