@@ -6,14 +6,16 @@
 
 Everything starts random (`make_random_checkpoint` with a narrow decoder: `--layers`, `--hidden`,
 `--experts`, ...; SAM, CLIP and the projector at their official sizes; the vision tower's
-residual-branch outputs scaled by `--residual-init-scale`, see `scale_residual_outputs`) and everything trains
-(preset `all`), in float32 master weights under bf16 autocast on CUDA, with the library's
+residual-branch outputs scaled by `--residual-init-scale`, see `scale_residual_outputs`). What trains is
+`--preset`: by default `paper` (SAM and its compressor stay at their random init; CLIP, the
+projector and the decoder train: on the CPU this learns where training SAM from random does not,
+benchmarks/RESULTS.md), in float32 master weights under bf16 autocast on CUDA, with the library's
 objective (`DeepseekOCR.loss`: cross entropy + the MoE balance loss) and AdamW (fused).
 
 Data: endless synthetic images, made in DataLoader workers: `--min-words`..`--max-words` random
 words (a `--words`-word vocabulary of single-token English words from the tokenizer) rendered in
-black on white with Pillow's bundled font, wrapped over up to `--max-lines` lines, with a small
-random offset; the target is the words separated by spaces; prompt "<image>\\nFree OCR.", mode `--mode` (tiny: one
+black on white with Pillow's bundled font, wrapped over up to `--max-lines` lines, at the margin
+(`--jitter` adds a random offset); the target is the words separated by spaces; prompt "<image>\\nFree OCR.", mode `--mode` (tiny: one
 512 view, 73 image tokens). A held-out set of `--eval-samples` images (another seed, never
 trained on) is read with batched greedy `generate` every `--eval-every` steps and scored with
 `deepseek_ocr.evaluation.summarize` (CER over normalized text; 1.0 = nothing right).
@@ -292,7 +294,7 @@ def main(argv=None):
     ap.add_argument("--inter", type=int, default=1536)
     ap.add_argument("--workers", type=int, default=min(12, os.cpu_count() or 1))
     ap.add_argument("--gradient-checkpointing", action="store_true")
-    ap.add_argument("--preset", default="all", choices=("all", "paper", "tower-frozen"),
+    ap.add_argument("--preset", default="paper", choices=("all", "paper", "tower-frozen"),
                     help="what trains: everything; the paper's stage 2 (SAM and its compressor frozen at "
                          "their random init; CLIP, the projector and the decoder trained); or tower-frozen "
                          "(SAM and CLIP frozen at their random init: the projector, the image newline and "
