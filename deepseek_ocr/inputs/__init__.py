@@ -11,8 +11,8 @@ of `deepseek_ocr.errors` plus `InvalidPageRangeError`. Nothing here imports torc
 """
 from .pdf import DEFAULT_DPI, DEFAULT_MAX_PAGES, PDFIUM_LOCK, PdfDocument, open_pdf
 from .selection import DocumentErrorPage, Selection, select_pages
-from .sources import (IMAGE_EXTENSIONS, PDF_EXTENSIONS, Document, InvalidPageRangeError, PageRef,
-                      expand_inputs, iter_pages, page_count, page_range_limit, parse_page_ranges)
+from .page_ranges import InvalidPageRangeError, page_range_limit, parse_page_ranges
+from .sources import IMAGE_EXTENSIONS, PDF_EXTENSIONS, Document, PageRef, expand_inputs, iter_pages, page_count
 
 __all__ = [
     "PdfDocument", "open_pdf", "PDFIUM_LOCK", "DEFAULT_DPI", "DEFAULT_MAX_PAGES",

@@ -31,8 +31,9 @@ from typing import Sequence
 
 from deepseek_ocr.errors import DeepseekOCRError, InputNotFoundError
 from deepseek_ocr.inputs.pdf import DEFAULT_DPI, DEFAULT_MAX_PAGES
+from deepseek_ocr.inputs.page_ranges import page_range_limit, parse_page_ranges
 from deepseek_ocr.inputs.sources import (MULTI_PAGE_IMAGE_EXTENSIONS, Document, PageRef, expand_inputs,
-                                         iter_pages, page_count, page_range_limit, parse_page_ranges)
+                                         iter_pages, page_count)
 from deepseek_ocr.processing.image_io import DEFAULT_MAX_PIXELS
 
 logger = logging.getLogger(__name__)

@@ -67,7 +67,7 @@ class ServerConfig:
     default_dpi: float = DEFAULT_DPI
     max_dpi: float = 600.0
     pages_in_flight: int = 16
-    prepare_workers: int = field(default_factory=lambda: default_prepare_workers())
+    prepare_workers: int = field(default_factory=default_prepare_workers)
     retry_after: int = 1
 
     def __post_init__(self) -> None:

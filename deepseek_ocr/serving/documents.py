@@ -17,7 +17,7 @@ from PIL import Image
 from ..engine import GenerationOptions
 from ..errors import DeepseekOCRError
 from ..inputs.pdf import DEFAULT_MAX_PAGES, PdfDocument, open_pdf
-from ..inputs.sources import parse_page_ranges
+from ..inputs.page_ranges import parse_page_ranges
 from ..processing.image_io import count_frames, load_image
 from ..processing.views import Mode
 from ..prompts import prompt_from_spec

@@ -87,6 +87,11 @@ def shutdown() -> None:
         dist.destroy_process_group()
 
 
+def world() -> tuple[int, int]:
+    """(rank, world_size) from torchrun's environment; (0, 1) in a plain process."""
+    return int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
+
+
 def all_reduce_sum(value: float, ctx: DistContext) -> float:
     """The sum over ranks of a host number (one tiny collective)."""
     if not ctx.enabled:

@@ -16,7 +16,8 @@ from .checkpoint import resolve_resume
 from .config import TrainConfig
 from .data import SampleDataset, read_dataset
 from .data.records import DataReport
-from .trainer import Trainer, TrainingError, TrainResult, world
+from .distributed import world
+from .trainer import Trainer, TrainingError, TrainResult
 
 logger = logging.getLogger(__name__)
 

@@ -36,8 +36,7 @@ from .checkpoint import (TrainState, gather_sharded, load_optimizer, load_weight
                          train_state)
 from .config import TrainConfig, resume_differences
 from .data.sampler import SampleOrder
-from .distributed import DistContext, LossModule, init_distributed, launched_with_torchrun
-from .distributed import all_reduce_sum as all_reduce_sum_float
+from .distributed import DistContext, LossModule, all_reduce_sum, init_distributed, launched_with_torchrun, world
 from .distributed import wrap_model as wrap_dist
 from .evaluate import evaluate
 from .lora import LoraConfig, apply_lora, merge_lora
@@ -83,11 +82,6 @@ class TrainResult:
 
 
 # ----------------------------------------------------------------------------- distributed seam
-def world() -> tuple[int, int]:
-    """(rank, world_size) from torchrun's environment; (0, 1) in a plain process."""
-    return int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
-
-
 def wrap_model(ocr, cfg: TrainConfig) -> tuple[torch.nn.Module, DistContext]:
     """The module the loop runs forward/backward through, and the process group's context.
 
@@ -101,15 +95,6 @@ def wrap_model(ocr, cfg: TrainConfig) -> tuple[torch.nn.Module, DistContext]:
     if cfg.strategy == "fsdp" and cfg.uses_lora and ctx.enabled:
         raise TrainingError("strategy 'fsdp' is for full fine-tuning; LoRA trains with 'ddp'")
     return wrap_dist(module, ctx, cfg.strategy), ctx
-
-
-def all_reduce_sum(value: int, device: torch.device) -> int:
-    """Sum over ranks (the global label count of a step); the value itself in one process."""
-    if torch.distributed.is_available() and torch.distributed.is_initialized():
-        t = torch.tensor([value], dtype=torch.int64, device=device)
-        torch.distributed.all_reduce(t)
-        return int(t.item())
-    return value
 
 
 # ----------------------------------------------------------------------------------- the loop
@@ -256,7 +241,7 @@ class Trainer:
         # would over-weight the tokens of short answers. The balance loss is a mean over
         # sequences, so it is weighted by the micro-batch's share of the step's sequences.
         n_labels = [sum(_labels(inp) for inp in mb) for mb in micro]
-        total_labels = all_reduce_sum(sum(n_labels), self.device)
+        total_labels = int(all_reduce_sum(sum(n_labels), self.dist))  # float64: exact below 2**53
         total_seqs = sum(len(mb) for mb in micro) * self.world_size
         step = self.state.step
         ce_sum = aux_sum = 0.0
@@ -304,9 +289,9 @@ class Trainer:
         ce = ce_sum / max(sum(n_labels), 1)
         aux = aux_sum / sum(len(mb) for mb in micro)
         if self.world_size > 1:  # the record describes the whole step, every rank's samples
-            ce = all_reduce_sum_float(ce_sum, self.dist) / max(total_labels, 1)
-            aux = all_reduce_sum_float(aux_sum, self.dist) / total_seqs
-            tokens = int(all_reduce_sum_float(tokens, self.dist))
+            ce = all_reduce_sum(ce_sum, self.dist) / max(total_labels, 1)
+            aux = all_reduce_sum(aux_sum, self.dist) / total_seqs
+            tokens = int(all_reduce_sum(tokens, self.dist))
         return {"step": step + 1, "loss": ce + aux if self.cfg.aux_loss else ce, "ce": ce, "aux": aux,
                 "lr": lr, "grad_norm": grad_norm, "tokens": tokens, "samples": len(indices) * self.world_size}
 
