@@ -49,7 +49,7 @@ from deepseek_ocr.evaluation import summarize  # noqa: E402
 from deepseek_ocr.evaluation.errors import MetricDependencyError  # noqa: E402
 from deepseek_ocr.processing.prompt import PreparedInputs, build_inputs, with_answer  # noqa: E402
 from deepseek_ocr.processing.tokenizer import Tokenizer  # noqa: E402
-from deepseek_ocr.processing.views import make_views, resolve_mode  # noqa: E402
+from deepseek_ocr.processing.views import make_views, resolve_mode, to_pixels  # noqa: E402
 from deepseek_ocr.training.optim import param_groups  # noqa: E402
 from deepseek_ocr.training.trainable import set_trainable, summarize as summarize_trainable  # noqa: E402
 from deepseek_ocr.weights.random import make_random_checkpoint  # noqa: E402
@@ -78,26 +78,61 @@ class Lines:
         return (with_answer(self.tokenizer, inputs, text) if answer else inputs), text
 
 
+def pixel_levels() -> torch.Tensor:
+    """The 256 bf16 values `to_pixels` gives the uint8 levels 0..255 (ascending; neighbours may
+    round to the same value), made by `to_pixels` itself so they cannot drift from it."""
+    from PIL import Image
+    ramp = Image.frombytes("RGB", (256, 1), bytes(v for i in range(256) for v in (i, i, i)))
+    return to_pixels([ramp])[0, 0, 0]
+
+
+LEVELS = pixel_levels()
+
+
+def pack_views(t: torch.Tensor) -> tuple:
+    """bf16 views -> ("levels", uint8 codes, channels): the index of each value's first level, and
+    one channel when all three agree (black text on white). A sixth of bf16's bytes or less,
+    exactly reversible by `unpack_views`: the batches cross a pipe into the training process,
+    whose loader thread unpickles them while holding the GIL the training step needs."""
+    codes = torch.bucketize(t.float(), LEVELS.float()).to(torch.uint8)
+    gray = bool((codes == codes[:, :1]).all()) if codes.shape[0] else True
+    return ("levels", (codes[:, :1] if gray else codes).numpy(), 1 if gray else 3)
+
+
+def unpack_views(packed: tuple, device: torch.device) -> torch.Tensor:
+    """The bf16 views again, on `device` (the lookup runs there: the uint8 codes are what travels)."""
+    _, codes, channels = packed
+    levels = LEVELS.to(device)
+    out = levels[torch.from_numpy(codes).to(device).long()]
+    return out.expand(-1, 3, -1, -1).contiguous() if channels == 1 else out
+
+
 def _arr(t: torch.Tensor):
-    # numpy has no bfloat16 (the views are bf16): carry its bits as int16 and say so.
+    if t.dtype == torch.bfloat16 and t.dim() == 4:  # views
+        return pack_views(t)
+    # numpy has no bfloat16: carry its bits as int16 and say so.
     return ("bf16", t.view(torch.int16).numpy()) if t.dtype == torch.bfloat16 else t.numpy()
 
 
-def _tensor(v):
+def _tensor(v, device: torch.device):
+    if isinstance(v, tuple) and len(v) == 3 and v[0] == "levels":
+        return unpack_views(v, device)
     if isinstance(v, tuple) and len(v) == 2 and v[0] == "bf16" and isinstance(v[1], np.ndarray):
         return torch.from_numpy(v[1]).view(torch.bfloat16)
     return torch.from_numpy(v) if isinstance(v, np.ndarray) else v
 
 
 def to_numpy(inp: PreparedInputs) -> dict:
-    """Tensors as numpy arrays: DataLoader workers pass tensors through /dev/shm, which a
-    container may keep at 64 MB (a bus error at the first batch); arrays travel through the pipe."""
+    """Tensors as numpy arrays (views as `pack_views` codes): DataLoader workers pass tensors
+    through /dev/shm, which a container may keep at 64 MB (a bus error at the first batch);
+    arrays travel through the pipe."""
     return {f.name: (_arr(v) if isinstance(v, torch.Tensor) else v)
             for f in dataclasses.fields(inp) for v in [getattr(inp, f.name)]}
 
 
-def from_numpy(d: dict) -> PreparedInputs:
-    return PreparedInputs(**{k: _tensor(v) for k, v in d.items()})
+def from_numpy(d: dict, device: torch.device = torch.device("cpu")) -> PreparedInputs:
+    """A sample again; its views are rebuilt on `device`, the other tensors stay on the CPU."""
+    return PreparedInputs(**{k: _tensor(v, device) for k, v in d.items()})
 
 
 def as_is(batch):
@@ -309,6 +344,10 @@ def main(argv=None):
         a.layers, a.hidden, a.heads, a.experts, a.moe_inter, a.inter = 2, 64, 2, 4, 32, 128
         a.max_steps, a.eval_every, a.warmup, a.workers, a.max_words = 3, 2, 2, 1, 3
     torch.manual_seed(a.seed)
+    # Short GIL turns (as the pipeline's, deepseek_ocr/engine/gil.py): the loader's thread
+    # receives batches while the training thread launches kernels, and at the default 5 ms a
+    # thread that gave the GIL up waits that long to get it back, with the GPU idle.
+    sys.setswitchinterval(0.0005)
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")  # the workers fork after the tokenizer ran
     device = torch.device("cuda" if torch.cuda.is_available() and not a.smoke else "cpu")
     out = Path(a.out)
@@ -341,7 +380,7 @@ def main(argv=None):
                                          num_workers=a.workers, prefetch_factor=2 if a.workers else None,
                                          persistent_workers=bool(a.workers),
                                          # the loader's thread then receives (unpickles) the batches:
-                                         # ~1.6 MB of views per sample, off the training thread
+                                         # the views' codes (~0.26 MB per gray 512 view)
                                          pin_memory=device.type == "cuda")
     opt = tower_and_rest_optimizer(ocr.model, a.lr, 0.01, a.tower_lr_scale)
     params = [p for p in ocr.model.parameters() if p.requires_grad]
@@ -365,7 +404,7 @@ def main(argv=None):
 
     run_eval()
     for packed in loader:
-        batch = [from_numpy(d) for d in packed]
+        batch = [from_numpy(d, device) for d in packed]
         if train_s >= budget or (a.max_steps is not None and step >= a.max_steps):
             break
         if device.type == "cuda":

@@ -1,0 +1,60 @@
+"""benchmarks/learning_run.py's view packing: the uint8 codes that cross the DataLoader pipe give
+back exactly the bf16 views `make_views` made (compared with torch.equal against make_views)."""
+from __future__ import annotations
+
+import importlib.util
+import sys
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+
+from deepseek_ocr.processing.views import make_views, resolve_mode
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def load():
+    sys.path.insert(0, str(REPO / "benchmarks"))
+    try:
+        spec = importlib.util.spec_from_file_location("learning_run_under_test", REPO / "benchmarks" / "learning_run.py")
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+        return module
+    finally:
+        sys.path.remove(str(REPO / "benchmarks"))
+
+
+def test_levels_are_every_uint8_value_normalized():
+    lr = load()
+    # The normalization written out independently: (u / 255 - 0.5) / 0.5, rounded to bf16.
+    expected = ((torch.arange(256, dtype=torch.float32) / 255 - 0.5) / 0.5).to(torch.bfloat16)
+    assert torch.equal(lr.LEVELS, expected)
+
+
+def test_gray_and_color_views_round_trip_exactly():
+    lr = load()
+    rng = np.random.default_rng(0)
+    gray = np.repeat(rng.integers(0, 256, (300, 410, 1), dtype=np.uint8), 3, axis=2)
+    color = rng.integers(0, 256, (700, 900, 3), dtype=np.uint8)  # gundam: a global view and crops
+    for pixels, mode, channels in ((gray, "tiny", 1), (color, "gundam", 3)):
+        views = make_views(Image.fromarray(pixels), resolve_mode(mode))
+        for t in (views.global_view, views.crops):
+            packed = lr.pack_views(t)
+            assert packed[1].dtype == np.uint8 and packed[2] == channels
+            back = lr.unpack_views(packed, torch.device("cpu"))
+            assert back.dtype == torch.bfloat16 and torch.equal(back, t)
+
+
+def test_sample_round_trip_through_numpy():
+    lr = load()
+    from deepseek_ocr.processing.prompt import build_inputs
+    from deepseek_ocr.processing.tokenizer import Tokenizer
+    tok = Tokenizer.from_folder(REPO / "deepseek_ocr" / "assets" / "tokenizer")
+    image = Image.fromarray(np.full((256, 256, 3), 255, dtype=np.uint8))
+    mode = resolve_mode("tiny")
+    inputs = build_inputs(tok, lr.PROMPT, make_views(image, mode), mode)
+    back = lr.from_numpy(lr.to_numpy(inputs))
+    for name in ("input_ids", "images_seq_mask", "images_spatial_crop", "global_view", "crops"):
+        assert torch.equal(getattr(back, name), getattr(inputs, name)), name
