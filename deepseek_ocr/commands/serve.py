@@ -69,6 +69,10 @@ def build_parser() -> argparse.ArgumentParser:
     a("--default-mode", default="gundam", help="mode of requests that name none (default gundam, as vLLM)")
     a("--prepare-workers", type=_positive(int), default=None,
       help="threads preparing images and pages (default: one per CPU core, 2 to 4)")
+    a("--prepare-processes", type=int, default=0, metavar="N",
+      help="prepare chat requests' images in N worker processes instead of threads, so that decoding "
+           "and cutting pages does not take the GIL from the engine: helps GPU serving under high "
+           "concurrency; each process starts in a few seconds (default 0: threads)")
     a("--verbose", action="store_true", help="log requests and engine events")
     return ap
 
@@ -143,12 +147,15 @@ def main(argv: list[str] | None = None) -> int:
             raise ValueError(f"--port {args.port}: expected 1..65535")
         if args.max_queue < 0:
             raise ValueError(f"--max-queue {args.max_queue}: expected 0 or more")
+        if args.prepare_processes < 0:
+            raise ValueError(f"--prepare-processes {args.prepare_processes}: expected 0 or more")
         resolve_mode(args.default_mode)
         config = ServerConfig(model_name=args.served_model_name or args.model, api_key=api_key,
                               cors_origins=tuple(args.cors_origin), max_body_bytes=int(args.max_body_mb * 2**20),
                               max_pixels=args.max_pixels or DEFAULT_MAX_PIXELS, max_pages=args.max_pages,
                               max_queue=args.max_queue, request_timeout=args.request_timeout,
                               allow_fetch=args.allow_fetch, default_mode=args.default_mode,
+                              prepare_processes=args.prepare_processes,
                               **({} if args.prepare_workers is None else {"prepare_workers": args.prepare_workers}))
         devices = _devices(args)
     except ValueError as err:

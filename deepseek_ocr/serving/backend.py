@@ -4,7 +4,8 @@ deadline, its metrics and its cancellation.
 
 Preparation (image decoding, PDF rendering, views, tokenizing) is CPU work that would stall the
 event loop and the engine alike, so it runs in `executor`; PIL, PDFium (under its lock) and the
-tokenizer release the GIL for their heavy parts.
+tokenizer release the GIL for their heavy parts. With `config.prepare_processes`, chat requests
+are prepared in child processes instead (`prepare_pool`), off this process's GIL altogether.
 """
 from __future__ import annotations
 
@@ -22,6 +23,7 @@ from .config import ServerConfig
 from .errors import (QueueFullError, RequestTimeoutError, ShuttingDownError, ServingError,
                      from_library_error)
 from .metrics import Metrics
+from .prepare_pool import PreparePool
 from .worker import EngineWorker, Generation
 
 logger = logging.getLogger(__name__)
@@ -67,6 +69,7 @@ class Backend:
         self.workers = [EngineWorker(e, name=f"engine-{i}") for i, e in enumerate(engines)]
         self.context = self.ocr.model.cfg.decoder.max_position_embeddings
         self.executor: ThreadPoolExecutor | None = None
+        self.prepare_pool: PreparePool | None = None
         self.metrics = Metrics()
         self.in_flight = 0
         self.preparing = 0
@@ -85,6 +88,12 @@ class Backend:
     def start(self) -> None:
         if self.executor is None:
             self.executor = ThreadPoolExecutor(self.config.prepare_workers, thread_name_prefix="deepseek-ocr-prepare")
+        if self.config.prepare_processes and self.prepare_pool is None:
+            # Blocks until every child has started (seconds: their imports), so that the first
+            # requests do not wait for it; the server listens only once this returns.
+            pool = PreparePool(self.config.prepare_processes, self.tokenizer, self.config.max_pixels)
+            pool.start()
+            self.prepare_pool = pool
         for w in self.workers:
             if not w.alive:
                 w.start()
@@ -97,6 +106,9 @@ class Backend:
         if self.executor is not None:
             self.executor.shutdown(wait=True, cancel_futures=True)
             self.executor = None
+        if self.prepare_pool is not None:
+            self.prepare_pool.shutdown()
+            self.prepare_pool = None
 
     @property
     def healthy(self) -> bool:
@@ -115,13 +127,18 @@ class Backend:
         return Ticket(self)
 
     # ------------------------------------------------------------------ preparation
-    async def run_cpu(self, fn: Callable, *args, param: str | None = None):
-        """`fn(*args)` in the preparation pool; a library error becomes the request's 4xx."""
-        if self.executor is None:
+    async def run_cpu(self, fn: Callable, *args, param: str | None = None, in_processes: bool = False):
+        """`fn(*args)` in the preparation pool, or with `in_processes` in a preparing process (`fn`
+        a module-level function of `prepare_pool`; a dead process is a 503); a library error
+        becomes the request's 4xx."""
+        pool = self.prepare_pool if in_processes else self.executor
+        if pool is None:
             raise ShuttingDownError("the server is not running")
         loop = asyncio.get_running_loop()
         self.preparing += 1
         try:
+            if in_processes:
+                return await self.prepare_pool.run(fn, *args)
             return await loop.run_in_executor(self.executor, lambda: fn(*args))
         except DeepseekOCRError as err:
             raise from_library_error(err, param) from None
@@ -139,6 +156,9 @@ class Backend:
         fn()
 
     async def prepare(self, image, prompt: str, mode, param: str | None = None) -> PreparedInputs:
+        # `/v1/ocr` pages stay on threads even with `prepare_processes`: each is a PIL image
+        # decoded or rendered here (a PDF page needs the document open in this process), and a
+        # child would need its raw pixels pickled through the pipe (7 MB for 1280 x 1920 RGB).
         return await self.run_cpu(self.ocr.prepare, image, prompt, mode, param=param)
 
     def check_budget(self, inputs: PreparedInputs, options: GenerationOptions, param: str = "max_tokens") -> None:

@@ -49,6 +49,10 @@ class ServerConfig:
         pages_in_flight: pages of one `/v1/ocr` request in the engine at once.
         prepare_workers: threads decoding images, rendering PDF pages and cutting views (default:
             one per usable CPU core, 2 to 4; see `default_prepare_workers`).
+        prepare_processes: child processes preparing chat requests' images (decoding, views,
+            tokenizing), so that this work does not share the GIL with the engines' threads;
+            0: the threads above do it (see `prepare_pool`). The children are spawned: a script
+            that starts the server itself needs the `if __name__ == "__main__":` guard.
         retry_after: seconds suggested to a client refused with 429.
     """
 
@@ -68,6 +72,7 @@ class ServerConfig:
     max_dpi: float = 600.0
     pages_in_flight: int = 16
     prepare_workers: int = field(default_factory=default_prepare_workers)
+    prepare_processes: int = 0
     retry_after: int = 1
 
     def __post_init__(self) -> None:
@@ -76,8 +81,10 @@ class ServerConfig:
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ValueError(f"ServerConfig.{name} must be a positive integer, got {value!r}")
-        if isinstance(self.max_queue, bool) or not isinstance(self.max_queue, int) or self.max_queue < 0:
-            raise ValueError(f"ServerConfig.max_queue must be an integer >= 0, got {self.max_queue!r}")
+        for name in ("max_queue", "prepare_processes"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+                raise ValueError(f"ServerConfig.{name} must be an integer >= 0, got {value!r}")
         for name in ("request_timeout", "fetch_timeout", "default_dpi", "max_dpi"):
             if not getattr(self, name) > 0:
                 raise ValueError(f"ServerConfig.{name} must be positive, got {getattr(self, name)!r}")
