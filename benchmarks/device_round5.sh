@@ -36,5 +36,20 @@ learn4)
   grep -E "CER|done|Error|samples/s" "$R/learning_d.log" | tail -30; cp "$R/learning_d.log" "$OUT/"
   tar czf "$OUT/learning_r5d.tgz" -C $R .
   ;;
-*) echo "usage: $0 learn3|learn4" >&2; exit 2 ;;
+final)  # the server at concurrency 256 with 8 preparing processes, then with 4 threads (the default's
+        # count on 16 cores); then the learning step's throughput after the view packing (with a profile).
+        # Each result is copied to $OUT when it exists (a call cut short keeps what finished).
+  df -h /dev/shm | tee -a "$OUT/device.txt"  # the processes hand pages over through /dev/shm
+  [ -d /tmp/full ] || "$PY" -c "from deepseek_ocr import make_random_checkpoint; make_random_checkpoint('/tmp/full', layers=12, experts=64, topk=6)"
+  for v in p8 t4; do
+    case $v in p8) extra="--serve-arg=--prepare-processes --serve-arg=8" ;; t4) extra="--serve-arg=--prepare-workers --serve-arg=4" ;; esac
+    timeout 140 "$PY" benchmarks/bench_server.py --model /tmp/full --concurrency 256 --requests 256 $extra \
+      --max-tokens 1000 --out "$OUT/bench_server_$v.json" > "$OUT/bench_server_$v.log" 2>&1
+    echo "== $v"; grep -E "^concurrency|Error|Traceback" "$OUT/bench_server_$v.log" | tail -4
+  done
+  timeout 120 "$PY" benchmarks/learning_run.py --max-steps 30 --workers 12 --out "$R/learning_probe" --preset tower-frozen \
+    --batch 256 --eval-samples 16 --eval-every 100000 --profile "$OUT/learning_profile_b256.txt" > "$OUT/learning_probe.log" 2>&1
+  tail -2 "$OUT/learning_probe.log"; "$PY" -c "import json; print('samples/s', json.load(open('$R/learning_probe/log.json'))['samples_per_s'])"
+  ;;
+*) echo "usage: $0 learn3|learn4|final" >&2; exit 2 ;;
 esac
