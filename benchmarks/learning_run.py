@@ -245,10 +245,9 @@ def lr_at(step: int, frac: float, base: float, warmup: int) -> float:
 
 def evaluate(ocr, held, batch: int, max_new: int) -> dict:
     ocr.model.eval()
-    # The fast generation loop keeps fused q/k/v copies from its first use; the weights changed
-    # since, so drop it and let generate build a fresh one from today's weights.
-    if hasattr(ocr, "_decode_engine"):
-        ocr._decode_engine = None
+    # The engine keeps fused q/k/v copies; `engine_for` rebuilds it when their content changed
+    # (it once looked at version counters, which fused AdamW leaves alone: every GPU run before
+    # the sixth session decoded with the attention weights of step 0).
     t = time.perf_counter()
     records = []
     for i in range(0, len(held), batch):

@@ -241,6 +241,27 @@ def test_engine_is_rebuilt_when_weights_change(ocr):
     assert ocr.generate(None, prompt=PROMPTS[0], max_new_tokens=4).token_ids == before
 
 
+def test_engine_is_rebuilt_after_a_fused_optimizer_step(ocr):
+    # torch's fused AdamW updates the weights in place without bumping their version counter:
+    # an engine that trusted the counter kept the q/k/v weights of before the step.
+    q = ocr.model.decoder.layers[0].self_attn.q_proj.weight
+    saved = q.detach().clone()
+    eng = engine_for(ocr.model, ocr.tokenizer)
+    q.grad = torch.full_like(q, 1.0)
+    opt = torch.optim.AdamW([q], lr=0.5, fused=True)
+    version = q._version
+    try:
+        opt.step()
+        assert not torch.equal(q.detach(), saved)
+        assert engine_for(ocr.model, ocr.tokenizer) is not eng, f"version {version} -> {q._version}"
+        assert ocr.generate(None, prompt=PROMPTS[0], max_new_tokens=4).token_ids == \
+            alone(ocr, PROMPTS[0], max_new_tokens=4).token_ids
+    finally:
+        q.grad = None
+        with torch.no_grad():
+            q.copy_(saved)
+
+
 def test_a_failing_listener_cancels_only_its_request(ocr):
     eng = Engine(ocr.model, ocr.tokenizer, max_slots=4, use_graphs=False)
 

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import os
 
+import torch
+
 from .engine import Engine
 from .options import GenerationOptions
 from .request import FINISH_REASONS, Request
@@ -22,10 +24,23 @@ def supports_model(model) -> bool:
 
 
 def _signature(model) -> tuple:
-    sig = [os.environ.get("DEEPSEEK_OCR_COMPILE", "0")]
-    for layer in model.decoder.layers:
-        for p in (layer.self_attn.q_proj.weight, layer.self_attn.k_proj.weight, layer.self_attn.v_proj.weight):
-            sig.append((id(p), p._version, p.device, p.dtype))
+    """What the engine's copies depend on: which q/k/v tensors, where, and their content.
+
+    The content is a float64 sum and sum of squares per tensor (one reduction and one host read
+    per call), not the tensors' `_version`: in-place updates that bypass autograd's version
+    counter leave it unchanged (fused AdamW, `torch.optim.AdamW(fused=True)`, the default
+    training optimizer on CUDA, does), and an engine kept on that evidence decodes with the
+    attention weights of before training while everything else has moved on.
+    """
+    sig: list = [os.environ.get("DEEPSEEK_OCR_COMPILE", "0")]
+    weights = [w for layer in model.decoder.layers
+               for w in (layer.self_attn.q_proj.weight, layer.self_attn.k_proj.weight, layer.self_attn.v_proj.weight)]
+    sig += [(id(w), w.device, w.dtype) for w in weights]
+    if weights:
+        with torch.no_grad():
+            sums = torch.stack([torch.stack((w.sum(dtype=torch.float64), w.square().sum(dtype=torch.float64)))
+                                for w in weights])
+        sig.append(tuple(sums.flatten().tolist()))
     return tuple(sig)
 
 
