@@ -71,8 +71,9 @@ def build_parser() -> argparse.ArgumentParser:
       help="threads preparing images and pages (default: one per CPU core, 2 to 4)")
     a("--prepare-processes", type=int, default=0, metavar="N",
       help="prepare chat requests' images in N worker processes instead of threads, so that decoding "
-           "and cutting pages does not take the GIL from the engine: helps GPU serving under high "
-           "concurrency; each process starts in a few seconds (default 0: threads)")
+           "and cutting pages does not take the GIL from the engine. Not faster so far: on one H200 at "
+           "256 concurrent Gundam pages, 8 processes gave 8.76 pages/s against 10.98 with 4 threads "
+           "(benchmarks/RESULTS.md); each process starts in a few seconds (default 0: threads)")
     a("--verbose", action="store_true", help="log requests and engine events")
     return ap
 
