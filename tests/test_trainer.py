@@ -21,6 +21,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 from pathlib import Path
 
 import pytest
@@ -179,6 +180,48 @@ def test_resume_is_exact(tmp_path, ocr, base, samples, kind):
         assert torch.equal(got[name], value), name  # bitwise
     log = [json.loads(line) for line in (tmp_path / "cut" / "log.jsonl").read_text().splitlines()]
     assert [r["step"] for r in log if "loss" in r] == [1, 2, 3, 4, 5, 6]
+
+
+class _Preparing:
+    """The four samples of the `samples` fixture, prepared when read (as `SampleDataset` does),
+    recording the threads that read them; the fixture's vision rows are attached after."""
+
+    def __init__(self, ocr, samples):
+        self.ocr, self.samples = ocr, samples
+        self.specs = [(_image(800, 400, "page"), "<image>\nFree OCR.", "gundam"),
+                      (_image(300, 200, "line"), "<image>\nFree OCR.", "tiny"),
+                      (None, "Translate: bonjour", "gundam"),
+                      (_image(200, 300, "card"), "<image>\nDescribe this image.", "tiny")]
+        self.threads: set[str] = set()
+
+    def __len__(self):
+        return len(self.specs)
+
+    def __getitem__(self, i):
+        self.threads.add(threading.current_thread().name)
+        image, prompt, mode = self.specs[i]
+        inp = self.ocr.prepare(image, prompt, mode=mode, answer=self.samples[i].answer)
+        inp.vision_rows = self.samples[i].vision_rows
+        inp.extras["source"] = f"sample-{i}"
+        return inp
+
+
+def test_preparing_ahead_on_threads_changes_nothing(tmp_path, ocr, base, samples):
+    # The next step's samples are prepared on threads while a step trains (training/prefetch.py);
+    # the run must be bitwise the run that prepares each step in the loop.
+    common = dict(preset="decoder", lr=2e-3, max_steps=5, batch_size=2, grad_accum=1, warmup_steps=1)
+    runs = {}
+    for workers in (0, 2):
+        _reset(ocr, base)
+        data = _Preparing(ocr, samples)
+        result = Trainer(ocr, _cfg(tmp_path, f"w{workers}", prepare_workers=workers, **common), data).train()
+        runs[workers] = (result.losses, _trained(ocr), data.threads)
+    assert runs[0][2] == {threading.main_thread().name}
+    assert runs[2][2] and all(t.startswith("deepseek-ocr-train-prepare") for t in runs[2][2] - {threading.main_thread().name})
+    assert runs[2][2] != {threading.main_thread().name}
+    assert runs[2][0] == runs[0][0]
+    for name, value in runs[0][1].items():
+        assert torch.equal(runs[2][1][name], value), name
 
 
 def _check_checkpoint_files(folder: Path, weights: dict, *, lora: bool) -> None:

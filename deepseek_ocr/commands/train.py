@@ -78,6 +78,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="do not write OUT/model (the merged model in the official layout)")
     g.add_argument("--cache-vision", action="store_const", const=True,
                    help="with a frozen vision tower, encode each image once and keep its rows in memory")
+    g.add_argument("--prepare-workers", type=int,
+                   help="threads preparing the next step's samples while a step trains (default 2; 0: in the loop)")
     g.add_argument("--no-tensorboard", dest="tensorboard", action="store_const", const=False)
     g.add_argument("--json", action="store_true", help="print the result as JSON on stdout")
     g.add_argument("--quiet", action="store_true", help="no progress bar and no messages")

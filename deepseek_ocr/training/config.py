@@ -74,6 +74,10 @@ class TrainConfig:
         official layout, LoRA merged, to `output_dir/model`); cache_vision (keep the vision
         rows of each sample after its first use when the vision tower is frozen: fast, costs
         memory); progress (a progress bar); tensorboard (when installed).
+
+    Data loading: prepare_workers (threads that prepare the next step's samples, decoding
+        and cutting their images, while the current step trains; 0: read in the training
+        thread). The samples, their order and the run are the same with any value.
     """
 
     model: str = DEFAULT_MODEL
@@ -124,6 +128,7 @@ class TrainConfig:
     eval_max_new_tokens: int | None = None
     save_model: bool = True
     cache_vision: bool = False
+    prepare_workers: int = 2
     progress: bool = True
     tensorboard: bool = True
 
@@ -248,7 +253,7 @@ def _suggest(key: str, known: set[str]) -> str:
 
 # ------------------------------------------------------------------------------- validation
 _INT = ("warmup_steps", "batch_size", "grad_accum", "seed", "checkpoint_every", "keep_checkpoints",
-        "eval_every", "log_every")
+        "eval_every", "log_every", "prepare_workers")
 _OPT_INT = ("max_length", "eval_max_samples", "max_steps", "lora_r", "eval_batch_size", "eval_max_new_tokens")
 _FLOAT = ("lora_dropout", "min_lr_ratio", "weight_decay", "eps", "max_grad_norm")
 _OPT_FLOAT = ("lora_alpha", "lr", "epochs")
@@ -348,7 +353,7 @@ def _value_problems(c: TrainConfig) -> list[str]:
     for name in ("batch_size", "grad_accum", "log_every", "keep_checkpoints"):
         if getattr(c, name) < 1:
             p.append(f"{name} must be at least 1, got {getattr(c, name)}")
-    for name in ("warmup_steps", "checkpoint_every", "eval_every"):
+    for name in ("warmup_steps", "checkpoint_every", "eval_every", "prepare_workers"):
         if getattr(c, name) < 0:
             p.append(f"{name} must be >= 0, got {getattr(c, name)}")
     for name in ("eval_batch_size", "eval_max_new_tokens", "eval_max_samples"):
@@ -367,7 +372,7 @@ def _value_problems(c: TrainConfig) -> list[str]:
 RESUMABLE_CHANGES = frozenset({
     "max_steps", "epochs", "output_dir", "checkpoint_every", "keep_checkpoints", "eval_every", "log_every",
     "eval_data", "eval_max_samples", "eval_batch_size", "eval_max_new_tokens", "save_model", "progress",
-    "tensorboard", "device", "cache_vision", "on_error", "image_root",
+    "tensorboard", "device", "cache_vision", "on_error", "image_root", "prepare_workers",
 })
 
 

@@ -36,6 +36,7 @@ from .checkpoint import (TrainState, gather_sharded, load_optimizer, load_weight
                          train_state)
 from .config import TrainConfig, resume_differences
 from .data.sampler import SampleOrder
+from .prefetch import StepPrefetcher
 from .distributed import DistContext, LossModule, all_reduce_sum, init_distributed, launched_with_torchrun, world
 from .distributed import wrap_model as wrap_dist
 from .evaluate import evaluate
@@ -209,13 +210,12 @@ class Trainer:
         for inp, i in todo:
             inp.vision_rows = self._rows[i]
 
-    def _next_batches(self) -> tuple[list[list[PreparedInputs]], list[int], dict]:
+    def _next_batches(self, prefetch: StepPrefetcher) -> tuple[list[list[PreparedInputs]], list[int], dict]:
         b = self.cfg.batch_size
-        indices = self.order.take(b * self.cfg.grad_accum)
-        # The data position of *this* batch, taken before anything else is read: a checkpoint
-        # written after training on it resumes with the next one.
-        position = self.order.state_dict()
-        items = [self.train_data[i] for i in indices]
+        # `position` is the data position of *this* step (taken with its indices, before the
+        # next step is read ahead): a checkpoint written after training on it resumes with the next.
+        more = self.state.step + 1 < self.total_steps and self._stop_signal is None
+        items, indices, position = prefetch.next(more)
         self._attach_rows(items, indices)
         return [items[j:j + b] for j in range(0, len(items), b)], indices, position
 
@@ -349,6 +349,7 @@ class Trainer:
         monitor.write({"event": "resume" if self._saved_step >= 0 else "start", "step": self.state.step,
                        "total_steps": self.total_steps, "trainable": self.summary.trainable})
         old_handlers = self._install_signals()
+        prefetch = StepPrefetcher(self.train_data, self.order, c.batch_size * c.grad_accum, c.prepare_workers)
         last_eval = None
         window_start, window_tokens, window_samples = time.perf_counter(), 0, 0
         try:
@@ -356,7 +357,7 @@ class Trainer:
                 if self._stop_signal is not None:
                     break
                 t0 = time.perf_counter()
-                micro, indices, position = self._next_batches()
+                micro, indices, position = self._next_batches(prefetch)
                 record = self._step(micro, indices)
                 self.state.step += 1
                 self.state.sampler = position
@@ -393,6 +394,7 @@ class Trainer:
             monitor.write({"event": "end", "step": self.state.step, "elapsed_s": self.state.elapsed_s})
             return result
         finally:
+            prefetch.close()
             for s, h in old_handlers.items():
                 signal.signal(s, h)
             monitor.close()
