@@ -175,6 +175,18 @@ PARITY_STAGES = {
 _KEPT_TAPS = frozenset(stage for stages in PARITY_STAGES.values() for stage in stages)
 
 
+@pytest.fixture(scope="module")
+def one_torch_thread():
+    """For the serving modules (`pytestmark = pytest.mark.usefixtures("one_torch_thread")`): the
+    server runs its own threads (engine, preparation, event loop) beside the clients on a
+    2-core machine, and torch's two intra-op threads on top oversubscribe the cores (a decode
+    step measured 15x slower). Restored for the modules after."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 @pytest.fixture(scope="session")
 def encoded_views(small_model, shared_dir):
     """`encode(image, mode) -> (vision_rows, taps)`, computed once per (image, mode) for the

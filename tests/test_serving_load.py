@@ -17,7 +17,6 @@ import time
 
 import httpx
 import pytest
-import torch
 from PIL import Image, ImageDraw
 
 from deepseek_ocr.engine import Engine
@@ -29,15 +28,7 @@ PROMPTS = ["Free OCR.", "<|grounding|>Convert the document to markdown.", "Descr
 MODES = ["tiny", "small", "base", "gundam", "512:512", "640:512:crop"]
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_torch_thread():
-    # The server runs its own threads (engine, preparation, event loop) beside the clients on a
-    # 2-core machine; torch's two intra-op threads on top oversubscribe the cores (a decode step
-    # measured 15x slower). Restored for the modules after this one.
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")  # see conftest.py
 
 
 @pytest.fixture(scope="module")

@@ -14,7 +14,6 @@ import shutil
 
 import httpx
 import pytest
-import torch
 from PIL import Image, ImageDraw
 
 from deepseek_ocr.engine import Engine
@@ -28,13 +27,7 @@ SCRIPT_TOKENS = 0  # set by `server`: the script's length in tokens
 BOXES = [("title", (100, 200, 600, 300)), ("image", (50, 400, 500, 900)), ("text", (0, 950, 999, 999))]
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_torch_thread():
-    # See test_serving_load.py: the server's threads and torch's would oversubscribe 2 cores.
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")  # see conftest.py
 
 
 def script_engine(engine: Engine, ids: list[int], eos: int) -> None:

@@ -13,7 +13,6 @@ import json
 import httpx
 import openai
 import pytest
-import torch
 from PIL import Image, ImageDraw
 
 from deepseek_ocr.engine import Engine
@@ -24,13 +23,7 @@ KEY = "test-key"
 PROMPT = "<image>\nFree OCR."
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_torch_thread():
-    # See test_serving_load.py: the server's threads and torch's would oversubscribe 2 cores.
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")  # see conftest.py
 
 
 @pytest.fixture(scope="module")

@@ -34,13 +34,7 @@ PROMPT = "<image>\nFree OCR."
 TENSORS = ("input_ids", "images_seq_mask", "images_spatial_crop", "global_view", "crops")
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_torch_thread():
-    # See test_serving_load.py: the server's threads and torch's would oversubscribe 2 cores.
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")  # see conftest.py
 
 
 @pytest.fixture(scope="module")
