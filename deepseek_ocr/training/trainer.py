@@ -350,11 +350,12 @@ class Trainer:
         monitor.write({"event": "resume" if self._saved_step >= 0 else "start", "step": self.state.step,
                        "total_steps": self.total_steps, "trainable": self.summary.trainable})
         old_handlers = self._install_signals()
+        cleanup = contextlib.ExitStack()
         prefetch = StepPrefetcher(self.train_data, self.order, c.batch_size * c.grad_accum, c.prepare_workers)
+        cleanup.callback(prefetch.close)
         # The preparing threads take the GIL in parts; short turns keep the training thread's
         # kernel launches from waiting 5 ms each time it wants it back (engine/gil.py).
-        gil = short_gil_turns()
-        gil.__enter__()
+        cleanup.enter_context(short_gil_turns())
         last_eval = None
         window_start, window_tokens, window_samples = time.perf_counter(), 0, 0
         try:
@@ -399,8 +400,7 @@ class Trainer:
             monitor.write({"event": "end", "step": self.state.step, "elapsed_s": self.state.elapsed_s})
             return result
         finally:
-            prefetch.close()
-            gil.__exit__(None, None, None)
+            cleanup.close()
             for s, h in old_handlers.items():
                 signal.signal(s, h)
             monitor.close()
