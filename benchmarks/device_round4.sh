@@ -6,15 +6,7 @@
 #   bash benchmarks/device_round4.sh learn ARGS...  # learning_run --minutes 7 ARGS (the run)
 # Carry .whl/ (Pillow, rapidfuzz, the server's stack, py-spy) and .shared/.
 set -u
-PY=$(command -v python3 || command -v python)
-export PYTHONUNBUFFERED=1 PYTHONPATH=$PWD:$PWD/benchmarks
-if ls .whl/*.whl >/dev/null 2>&1; then
-  "$PY" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl \
-    && export PYTHONPATH=/tmp/site:$PYTHONPATH PATH=/tmp/site/bin:$PATH
-fi
-OUT=${OUT:-/tmp/out}; mkdir -p "$OUT"
-nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader | tee "$OUT/device.txt"
-"$PY" -c "import torch, triton; print('torch', torch.__version__, 'triton', triton.__version__)" | tee -a "$OUT/device.txt"
+. benchmarks/device_env.sh  # $PY, the carried wheels, $OUT, device.txt
 phase=${1:-probe}; shift || true
 case "$phase" in
 probe)

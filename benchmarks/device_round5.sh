@@ -9,15 +9,8 @@
 # Carry .whl/ (Pillow, rapidfuzz, the server's stack, py-spy) and .shared/ where tests run.
 # Only a few files come back from a call, so runs write under /tmp/r5 and are packed into one .tgz.
 set -u
-PY=$(command -v python3 || command -v python)
-export PYTHONUNBUFFERED=1 PYTHONPATH=$PWD:$PWD/benchmarks
-if ls .whl/*.whl >/dev/null 2>&1; then
-  "$PY" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl \
-    && export PYTHONPATH=/tmp/site:$PYTHONPATH PATH=/tmp/site/bin:$PATH
-fi
-OUT=${OUT:-/tmp/out}; mkdir -p "$OUT"; R=/tmp/r5; mkdir -p $R
-nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader | tee "$OUT/device.txt"
-"$PY" -c "import torch, triton; print('torch', torch.__version__, 'triton', triton.__version__)" | tee -a "$OUT/device.txt"
+. benchmarks/device_env.sh  # $PY, the carried wheels, $OUT, device.txt
+R=/tmp/r5; mkdir -p $R
 phase=${1:-learn3}; shift || true
 case "$phase" in
 learn3)

@@ -5,14 +5,7 @@
 #   bash benchmarks/device_round6.sh frozen   # the same with the tower frozen, lr 1e-3
 #   bash benchmarks/device_round6.sh train    # bench_train page x paper (the 20,000 tokens/s target), then lines x lora
 set -u
-PY=$(command -v python3 || command -v python)
-export PYTHONUNBUFFERED=1 PYTHONPATH=$PWD:$PWD/benchmarks
-if ls .whl/*.whl >/dev/null 2>&1; then
-  "$PY" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl \
-    && export PYTHONPATH=/tmp/site:$PYTHONPATH PATH=/tmp/site/bin:$PATH
-fi
-OUT=${OUT:-/tmp/out}; mkdir -p "$OUT"
-nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader | tee "$OUT/device.txt"
+. benchmarks/device_env.sh  # $PY, the carried wheels, $OUT, device.txt
 learn() {  # name, then learning_run arguments; the log, log.json and plot come back
   name=$1; shift
   timeout 570 "$PY" benchmarks/learning_run.py --minutes 8 --workers 12 --batch 64 --eval-every 600 \

@@ -45,6 +45,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from synthetic_text import render_lines, smoke_checkpoint, word_list, wrap  # noqa: E402
 
 from deepseek_ocr import DeepseekOCR  # noqa: E402
+from deepseek_ocr.engine.gil import SWITCH_INTERVAL_S  # noqa: E402
 from deepseek_ocr.evaluation import summarize  # noqa: E402
 from deepseek_ocr.evaluation.errors import MetricDependencyError  # noqa: E402
 from deepseek_ocr.processing.prompt import PreparedInputs, build_inputs, with_answer  # noqa: E402
@@ -346,7 +347,7 @@ def main(argv=None):
     # Short GIL turns (as the pipeline's, deepseek_ocr/engine/gil.py): the loader's thread
     # receives batches while the training thread launches kernels, and at the default 5 ms a
     # thread that gave the GIL up waits that long to get it back, with the GPU idle.
-    sys.setswitchinterval(0.0005)
+    sys.setswitchinterval(SWITCH_INTERVAL_S)
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")  # the workers fork after the tokenizer ran
     device = torch.device("cuda" if torch.cuda.is_available() and not a.smoke else "cpu")
     out = Path(a.out)
