@@ -1,8 +1,10 @@
 """A learning run from random weights: the official vision tower + a small decoder learn to read.
 
-    python benchmarks/learning_run.py --out runs/learning --minutes 6.5     # the H200 run (~9 min)
-    python benchmarks/learning_run.py --smoke --out /tmp/learning_smoke    # CPU, ~1 min
-    python benchmarks/learning_run.py --minutes 6.5 --preset paper         # the next recipe to try (RESULTS.md)
+    python benchmarks/learning_run.py --out runs/learning --minutes 8        # one H200 call (~9.2 min wall)
+    python benchmarks/learning_run.py --smoke --out /tmp/learning_smoke     # CPU, ~1 min
+    # 10 training minutes over two device calls (each call holds at most ~8):
+    python benchmarks/learning_run.py --minutes 10 --stop-after 5 --state /tmp/ls --out runs/l10
+    python benchmarks/learning_run.py --minutes 10 --resume --state /tmp/ls --out runs/l10
 
 Everything starts random (`make_random_checkpoint` with a narrow decoder: `--layers`, `--hidden`,
 `--experts`, ...; SAM, CLIP and the projector at their official sizes; the vision tower's
@@ -42,6 +44,7 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+from learning_state import load_state, save_state  # noqa: E402
 from synthetic_text import render_lines, smoke_checkpoint, word_list, wrap  # noqa: E402
 
 from deepseek_ocr import DeepseekOCR  # noqa: E402
@@ -56,6 +59,9 @@ from deepseek_ocr.training.trainable import set_trainable, summarize as summariz
 from deepseek_ocr.weights.random import make_random_checkpoint  # noqa: E402
 
 PROMPT = "<image>\nFree OCR."
+# Settings a resumed call may change: where it writes, how long this call trains, how often it
+# evaluates, how many loader workers it starts, profiling.
+RESUMABLE_CHANGES = ("out", "stop_after", "state", "resume", "max_steps", "eval_every", "workers", "profile")
 
 
 class Lines:
@@ -298,6 +304,11 @@ def main(argv=None):
     ap.add_argument("--out", default="runs/learning")
     ap.add_argument("--minutes", type=float, default=10.0)
     ap.add_argument("--max-steps", type=int, default=None)
+    ap.add_argument("--stop-after", type=float, default=None, metavar="MINUTES",
+                    help="end this call after MINUTES training minutes and save the run's state to --state; "
+                         "--resume continues it (the schedule still spans --minutes): one run over two device calls")
+    ap.add_argument("--state", default=None, help="the state's folder (default: OUT/state)")
+    ap.add_argument("--resume", action="store_true", help="continue the run saved in --state")
     ap.add_argument("--mode", default="tiny")
     ap.add_argument("--canvas", type=int, default=512, help="side of the rendered image")
     ap.add_argument("--font-size", type=int, default=44)
@@ -376,21 +387,32 @@ def main(argv=None):
     held_rng = random.Random(10**6 + a.seed)  # never a training worker's seed
     held = [lines.sample(held_rng, answer=False) for _ in range(a.eval_samples)]
     max_new = 2 * max(len(ocr.tokenizer.encode(t)) for _, t in held) + 8
-    loader = torch.utils.data.DataLoader(Stream(lines, a.batch, a.seed), batch_size=None, collate_fn=as_is,
+    opt = tower_and_rest_optimizer(ocr.model, a.lr, 0.01, a.tower_lr_scale)
+    params = [p for p in ocr.model.parameters() if p.requires_grad]
+    amp = torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else torch.autocast("cpu", enabled=False)
+    budget = a.minutes * 60
+    stop_s = budget if a.stop_after is None else min(budget, a.stop_after * 60)
+    state_dir = Path(a.state) if a.state else out / "state"
+    cfg = {k: v for k, v in vars(a).items()}
+    cfg.update(device=torch.cuda.get_device_name() if device.type == "cuda" else "cpu", torch=torch.__version__,
+               trainable=summary.trainable, image_tokens=int(held[0][0].images_seq_mask.sum()))
+    log = {"config": cfg, "evals": [], "loss_curve": []}
+    train_s, step, samples, wall_before, t_wall = 0.0, 0, 0, 0.0, time.perf_counter()
+    if a.resume:
+        counters, log = load_state(state_dir, ocr.model, opt, cfg, ignore=RESUMABLE_CHANGES)
+        train_s, step, samples, wall_before = (counters[k] for k in ("train_s", "step", "samples", "wall_s"))
+        log["config"]["calls"] = log["config"].get("calls", 1) + 1
+        print(f"resumed from {state_dir}: step {step}, {train_s / 60:.2f} training minutes", flush=True)
+    # A resumed call draws from another stream (the data are endless random images, so replaying
+    # the first call's exactly buys nothing); its seeds (x1000 + worker) stay clear of the
+    # first call's and of the held-out set's (10**6 + seed).
+    stream_seed = a.seed + (1_000_003 + step if a.resume else 0)
+    loader = torch.utils.data.DataLoader(Stream(lines, a.batch, stream_seed), batch_size=None, collate_fn=as_is,
                                          num_workers=a.workers, prefetch_factor=2 if a.workers else None,
                                          persistent_workers=bool(a.workers),
                                          # the loader's thread then receives (unpickles) the batches:
                                          # the views' codes (~0.26 MB per gray 512 view)
                                          pin_memory=device.type == "cuda")
-    opt = tower_and_rest_optimizer(ocr.model, a.lr, 0.01, a.tower_lr_scale)
-    params = [p for p in ocr.model.parameters() if p.requires_grad]
-    amp = torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else torch.autocast("cpu", enabled=False)
-    budget = a.minutes * 60
-    cfg = {k: v for k, v in vars(a).items()}
-    cfg.update(device=torch.cuda.get_device_name() if device.type == "cuda" else "cpu", torch=torch.__version__,
-               trainable=summary.trainable, image_tokens=int(held[0][0].images_seq_mask.sum()))
-    log = {"config": cfg, "evals": [], "loss_curve": []}
-    train_s, step, samples, t_wall = 0.0, 0, 0, time.perf_counter()
 
     def run_eval():
         res = evaluate(ocr, held, min(a.eval_samples, 64), max_new)
@@ -402,10 +424,11 @@ def main(argv=None):
         (out / "log.json").write_text(json.dumps(log, indent=1))
         plot(log, out / "cer.png")  # after every eval: a run stopped at a time limit keeps its plot
 
-    run_eval()
+    if not a.resume:
+        run_eval()
     for packed in loader:
         batch = [from_numpy(d, device) for d in packed]
-        if train_s >= budget or (a.max_steps is not None and step >= a.max_steps):
+        if train_s >= stop_s or (a.max_steps is not None and step >= a.max_steps):
             break
         if device.type == "cuda":
             torch.cuda.synchronize()
@@ -438,7 +461,11 @@ def main(argv=None):
             profile_steps(ocr, batch, opt, params, amp, a)
     if not log["evals"] or log["evals"][-1]["step"] != step:
         run_eval()
-    log["wall_seconds"] = round(time.perf_counter() - t_wall, 1)
+    log["wall_seconds"] = round(wall_before + time.perf_counter() - t_wall, 1)
+    if train_s < budget and a.stop_after is not None:
+        save_state(state_dir, ocr.model, opt, {"train_s": train_s, "step": step, "samples": samples,
+                                               "wall_s": log["wall_seconds"]}, log, cfg)
+        print(f"state saved to {state_dir} at step {step}: continue with --resume", flush=True)
     log["final_cer"] = log["evals"][-1]["cer"]
     log["samples_per_s"] = round(samples / max(train_s, 1e-9), 1)
     (out / "log.json").write_text(json.dumps(log, indent=1))

@@ -1,0 +1,33 @@
+#!/usr/bin/env bash
+# Next device runs (written in the seventh session; not run yet). One device call each, carrying
+# .whl/; call `learn10b` right after `learn10a` (the state waits in the warm machine's /tmp):
+#   bash benchmarks/device_round8.sh learn10a  # learning run, preset paper, lr 3e-4, a 10-minute schedule:
+#                                              # the first 5 training minutes, state saved to /tmp/l10state
+#   bash benchmarks/device_round8.sh learn10b  # the same run resumed for its last 5 minutes
+#   bash benchmarks/device_round8.sh server    # the server at concurrency 256: the default, then with
+#                                              # one OpenMP thread per torch call (OMP_NUM_THREADS=1) at 4, 8
+#                                              # and 12 preparing threads
+set -u
+. benchmarks/device_env.sh  # $PY, the carried wheels, $OUT, device.txt
+L=(--minutes 10 --preset paper --lr 3e-4 --batch 64 --workers 12 --eval-every 750 --state /tmp/l10state --out "$OUT/learning8_paper10")
+case "${1:-}" in
+  learn10a)
+    timeout 590 "$PY" benchmarks/learning_run.py "${L[@]}" --stop-after 5 > "$OUT/learning8_paper10_a.log" 2>&1
+    grep -E "CER|done|Error|state" "$OUT/learning8_paper10_a.log" | tail -8; du -sh /tmp/l10state
+    ;;
+  learn10b)
+    timeout 590 "$PY" benchmarks/learning_run.py "${L[@]}" --resume > "$OUT/learning8_paper10_b.log" 2>&1
+    grep -E "CER|done|Error|resumed" "$OUT/learning8_paper10_b.log" | tail -8
+    ;;
+  server)
+    [ -d /tmp/full ] || "$PY" -c "from deepseek_ocr import make_random_checkpoint; make_random_checkpoint('/tmp/full', layers=12, experts=64, topk=6)"
+    for v in t4 t4omp1 t8omp1 t12omp1; do
+      case $v in t4) env=() ;; *) env=(OMP_NUM_THREADS=1) ;; esac
+      n=${v#t}; n=${n%omp1}
+      env "${env[@]}" timeout 130 "$PY" benchmarks/bench_server.py --model /tmp/full --concurrency 256 --requests 256 \
+        --serve-arg=--prepare-workers --serve-arg=$n --max-tokens 1000 --out "$OUT/bench_server_$v.json" > "$OUT/bench_server_$v.log" 2>&1
+      echo "== $v"; grep -E "^concurrency|Error|Traceback" "$OUT/bench_server_$v.log" | tail -4
+    done
+    ;;
+  *) echo "usage: $0 learn10a|learn10b|server" >&2; exit 2 ;;
+esac
