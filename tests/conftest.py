@@ -107,14 +107,21 @@ def golden_stages(shared_dir):
     return safe_open(str(shared_dir / "parity" / "golden_stages.safetensors"), "pt")
 
 
-def _load_malloc_trim():
+def _glibc():
     try:
-        return ctypes.CDLL("libc.so.6").malloc_trim
-    except (OSError, AttributeError):  # not glibc: nothing to hand back this way
+        libc = ctypes.CDLL("libc.so.6")
+        return libc if hasattr(libc, "malloc_trim") and hasattr(libc, "mallopt") else None
+    except OSError:  # not glibc: nothing to hand back this way
         return None
 
 
-_MALLOC_TRIM = _load_malloc_trim()
+_LIBC = _glibc()
+_MALLOC_TRIM = _LIBC.malloc_trim if _LIBC is not None else None
+if _LIBC is not None:
+    # At most two malloc arenas: the serving tests start dozens of threads (engines, preparing
+    # pools, event loops), each of which would otherwise get an arena of its own that keeps
+    # its fragments for the rest of the run (M_ARENA_MAX is -8 in glibc's malloc.h).
+    _LIBC.mallopt(-8, 2)
 _RSS_LOG = os.environ.get("DEEPSEEK_OCR_TEST_RSS_LOG")
 
 
