@@ -160,3 +160,25 @@ def test_text_only_prompt(tokenizer):
     # parity README: "The capital of France is" -> 671 6102 294 8760 344
     assert inp.input_ids.tolist() == [tokenizer.bos_id, 671, 6102, 294, 8760, 344]
     assert not inp.images_seq_mask.any() and inp.global_view is None
+
+
+def test_pixels_equal_the_float32_normalization_bit_for_bit():
+    """`to_pixels` looks each level up; the official steps are ToTensor then Normalize(0.5, 0.5)
+    in float32, then bf16. Every level 0..255 in every channel, a random view, a gray one."""
+    import numpy as np
+    from deepseek_ocr.processing.views import to_pixels
+
+    def official(views):
+        x = torch.stack([torch.from_numpy(np.array(v.convert("RGB"))).permute(2, 0, 1) for v in views])
+        return ((x.to(torch.float32) / 255 - 0.5) / 0.5).to(torch.bfloat16)
+
+    rng = np.random.default_rng(7)
+    ramp = np.stack([np.arange(256, dtype=np.uint8).reshape(16, 16),
+                     np.arange(255, -1, -1, dtype=np.uint8).reshape(16, 16),
+                     rng.permutation(256).astype(np.uint8).reshape(16, 16)], axis=-1)
+    noisy = rng.integers(0, 256, (16, 16, 3), dtype=np.uint8)
+    views = [Image.fromarray(ramp), Image.fromarray(noisy), Image.fromarray(noisy[:, :, 0], "L")]
+    ours = to_pixels(views)
+    assert ours.dtype == torch.bfloat16 and tuple(ours.shape) == (3, 3, 16, 16) and ours.is_contiguous()
+    assert torch.equal(ours.view(torch.int16), official(views).view(torch.int16))
+    assert ours[0, 0, 0, 0].item() == -1.0 and ours[0, 0, -1, -1].item() == 1.0

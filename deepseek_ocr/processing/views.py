@@ -144,14 +144,40 @@ def pad_to_square(image: Image.Image, size: int) -> Image.Image:
 def to_pixels(views: list[Image.Image]) -> torch.Tensor:
     """RGB views -> `[N, 3, S, S]` bfloat16 in [-1, 1]: ToTensor, normalize(0.5, 0.5), bf16.
 
-    The float32 steps mirror torchvision's ToTensor (uint8 / 255) and Normalize (sub, div) so
-    the bf16 rounding lands on the same values as the official preprocessing.
+    The official preprocessing computes (uint8 / 255 - 0.5) / 0.5 in float32 (torchvision's
+    ToTensor and Normalize) and rounds to bf16. A uint8 channel has 256 levels, so those float32
+    steps are taken once on the 256 levels (`level_bits`) and every pixel is then a lookup of
+    its level's bf16 bit pattern: the same values, bit for bit, in one pass over the pixels
+    instead of five float32 passes: a Gundam page's seven views take 14 ms instead of 43 on one
+    core of the development machine.
     """
     import torch
-    arrays = [torch.from_numpy(np.asarray(v, dtype=np.uint8).copy()).permute(2, 0, 1) for v in views]
-    x = torch.stack(arrays).to(torch.float32).div(255)
-    x = x.sub(0.5).div(0.5)
-    return x.to(torch.bfloat16)
+    bits = level_bits()
+    out = np.empty((len(views), 3, views[0].height, views[0].width), dtype=np.int16)
+    for i, view in enumerate(views):
+        if view.size != views[0].size:
+            raise ValueError(f"to_pixels stacks views of one size: view {i} is {view.size}, view 0 {views[0].size}")
+        if view.mode != "RGB":
+            view = view.convert("RGB")
+        # One plane per channel (PIL splits them): each lookup reads and writes contiguously,
+        # and lands channels first.
+        for c, plane in enumerate(view.split()):
+            np.take(bits, np.asarray(plane, dtype=np.uint8), out=out[i, c])
+    return torch.from_numpy(out).view(torch.bfloat16)
+
+
+_LEVEL_BITS: np.ndarray | None = None
+
+
+def level_bits() -> np.ndarray:
+    """The int16 bit patterns of the bf16 values of the 256 uint8 levels, computed with the
+    official float32 steps (uint8 / 255, then - 0.5, then / 0.5, then to bf16)."""
+    global _LEVEL_BITS
+    if _LEVEL_BITS is None:
+        import torch
+        levels = torch.arange(256, dtype=torch.uint8).to(torch.float32).div(255)
+        _LEVEL_BITS = levels.sub(0.5).div(0.5).to(torch.bfloat16).view(torch.int16).numpy()
+    return _LEVEL_BITS
 
 
 @dataclass
