@@ -365,3 +365,13 @@ def test_capturing_graphs_is_refused_while_requests_run(ocr):
         eng.capture_graphs()
     eng.run([req])
     assert eng.capture_graphs() == 0 and req.finish_reason == "length"
+
+
+def test_pin_views_leaves_inputs_alone_off_cuda():
+    """Off CUDA there is nothing to pin for: the same inputs back, their views untouched."""
+    from deepseek_ocr.engine.transfer import pin_views
+    from deepseek_ocr.processing.prompt import PreparedInputs
+    view = torch.zeros(1, 3, 4, 4, dtype=torch.bfloat16)
+    inputs = PreparedInputs.__new__(PreparedInputs)
+    inputs.global_view, inputs.crops = view, None
+    assert pin_views(inputs, "cpu") is inputs and inputs.global_view is view and inputs.crops is None

@@ -131,3 +131,20 @@ def test_bf16_agrees_with_float32_on_the_parity_page(small_model, bf16_model, pa
     # And the engine's own bf16 greedy run starts as float32's does.
     got = bf16_model.generate(page, max_new_tokens=16, **GREEDY).token_ids
     assert got[:4] == ref[:4]
+
+
+def test_pinned_views_encode_as_the_pageable_ones(small_model, page, shared_dir, golden):
+    """`pin_views` (the server's and the batch command's preparing threads) pins the views, and
+    the encode of pinned pages, two of one size joined on the device, equals the pageable one."""
+    import copy
+
+    from deepseek_ocr.engine.transfer import pin_views
+    from deepseek_ocr.engine.vision_batch import encode_prepared
+    _, cases = golden
+    tiny = small_model.prepare(shared_dir / cases["tiny_receipt"]["image"], "<image>", mode="tiny")
+    pageable = [page, tiny, copy.copy(page)]
+    pinned = [pin_views(copy.copy(x), "cuda") for x in pageable]
+    assert all(x.global_view.is_pinned() for x in pinned) and pinned[0].crops.is_pinned()
+    assert not pageable[0].global_view.is_pinned()
+    for a, b in zip(encode_prepared(small_model.model, pageable), encode_prepared(small_model.model, pinned)):
+        assert torch.equal(a, b)

@@ -4,7 +4,8 @@ Pages whose global views have one size are encoded in one call (their tiles stac
 of Gundam pages admitted together costs one SAM/CLIP pass per view size instead of one per page.
 Pixels travel in the model's dtype (the prepared views are already bf16-rounded, so the cast is
 exact) from pinned host memory with asynchronous copies: the host goes on preparing the next
-group while the copy and the encode run.
+group while the copy and the encode run. Callers that prepare on other threads pin the views
+there (`transfer.pin_views`), so the engine's thread does not copy pixels at all.
 """
 from __future__ import annotations
 
@@ -19,7 +20,8 @@ from ..processing.prompt import PreparedInputs
 def _to_device(t: torch.Tensor, device: torch.device, dtype: torch.dtype) -> torch.Tensor:
     t = t.to(dtype)
     if device.type == "cuda":
-        return t.pin_memory().to(device, non_blocking=True)
+        # Views pinned where they were prepared (`transfer.pin_views`) go as they are.
+        return (t if t.is_pinned() else t.pin_memory()).to(device, non_blocking=True)
     return t.to(device)
 
 
@@ -39,7 +41,9 @@ def encode_prepared(model: DeepseekOCRModel, batch: Sequence[PreparedInputs]) ->
         elif inp.has_image:
             groups.setdefault(tuple(inp.global_view.shape[-2:]), []).append(i)
     for idx in groups.values():
-        views = _to_device(torch.cat([batch[i].global_view for i in idx]), device, dtype)
+        # Each page's global view is sent on its own and joined on the device: joining them
+        # on the host first would copy every page again, on the engine's thread.
+        views = torch.cat([_to_device(batch[i].global_view, device, dtype) for i in idx])
         crops = [_to_device(batch[i].crops, device, dtype) if batch[i].crops is not None else None
                  for i in idx]
         tiles = [tuple(batch[i].images_spatial_crop[0].tolist()) for i in idx]

@@ -38,6 +38,7 @@ from typing import Callable, Iterable, Iterator, Sequence
 
 import torch
 
+from ..engine.transfer import pin_views
 from ..errors import DeepseekOCRError, PromptError
 from ..generation.generate import GenerationResult, generate
 from ..inputs import PageRef
@@ -145,7 +146,8 @@ class _Runner:
     def _prepare(self, page: PageRef):
         t0 = time.perf_counter()
         image = page.load()
-        inputs = self.ocr.prepare(image, self.prompt, self.mode)
+        # Pinned here, on the preparing thread, so the engine's thread only starts the copy.
+        inputs = pin_views(self.ocr.prepare(image, self.prompt, self.mode), self.ocr.device)
         return image, inputs, time.perf_counter() - t0
 
     def _run_settings(self, page: PageRef) -> dict:

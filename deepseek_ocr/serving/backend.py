@@ -17,6 +17,7 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import AsyncIterator, Callable, Sequence
 
 from ..engine import Engine, GenerationOptions
+from ..engine.transfer import pin_views
 from ..errors import DeepseekOCRError
 from ..processing.prompt import PreparedInputs
 from .config import ServerConfig
@@ -159,7 +160,11 @@ class Backend:
         # `/v1/ocr` pages stay on threads even with `prepare_processes`: each is a PIL image
         # decoded or rendered here (a PDF page needs the document open in this process), and a
         # child would need its raw pixels pickled through the pipe (7 MB for 1280 x 1920 RGB).
-        return await self.run_cpu(self.ocr.prepare, image, prompt, mode, param=param)
+        return await self.run_cpu(self.prepare_here, image, prompt, mode, param=param)
+
+    def prepare_here(self, image, prompt: str, mode) -> PreparedInputs:
+        """`ocr.prepare` on this (preparing) thread, the views then pinned for the GPU's copy."""
+        return pin_views(self.ocr.prepare(image, prompt, mode), self.ocr.device)
 
     def check_budget(self, inputs: PreparedInputs, options: GenerationOptions, param: str = "max_tokens") -> None:
         """Refuse (422) a request whose prompt + max tokens cannot fit the context, before it queues."""

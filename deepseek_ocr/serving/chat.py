@@ -59,7 +59,7 @@ async def _in_processes(backend: Backend, chat: ChatRequest, param: str):
 async def _prepare(backend: Backend, chat: ChatRequest, deadline: float):
     def work():
         data = chat.image.read(backend.config) if chat.image is not None else None
-        return backend.ocr.prepare(data, chat.prompt, chat.mode)
+        return backend.prepare_here(data, chat.prompt, chat.mode)
 
     loop = asyncio.get_running_loop()
     param = chat.image.param if chat.image else "messages"
