@@ -148,8 +148,8 @@ def to_pixels(views: list[Image.Image]) -> torch.Tensor:
     ToTensor and Normalize) and rounds to bf16. A uint8 channel has 256 levels, so those float32
     steps are taken once on the 256 levels (`level_bits`) and every pixel is then a lookup of
     its level's bf16 bit pattern: the same values, bit for bit, in one pass over the pixels
-    instead of five float32 passes: a Gundam page's seven views take 14 ms instead of 43 on one
-    core of the development machine.
+    instead of five float32 passes: a Gundam page's seven views take 19 ms instead of 39 on one
+    core of the development machine (`benchmarks/bench_prepare.py`).
     """
     import torch
     bits = level_bits()
