@@ -372,6 +372,7 @@ def test_pin_views_leaves_inputs_alone_off_cuda():
     from deepseek_ocr.engine.transfer import pin_views
     from deepseek_ocr.processing.prompt import PreparedInputs
     view = torch.zeros(1, 3, 4, 4, dtype=torch.bfloat16)
-    inputs = PreparedInputs.__new__(PreparedInputs)
-    inputs.global_view, inputs.crops = view, None
+    inputs = PreparedInputs(input_ids=torch.zeros(3, dtype=torch.long), images_seq_mask=torch.zeros(3, dtype=torch.bool),
+                            images_spatial_crop=torch.ones(1, 2, dtype=torch.long), global_view=view, crops=None,
+                            prompt="<image>")
     assert pin_views(inputs, "cpu") is inputs and inputs.global_view is view and inputs.crops is None
