@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # Next device runs (written in the seventh session; not run yet). One device call each, carrying
-# .whl/; call `learn10b` right after `learn10a` (the state waits in the warm machine's /tmp):
+# .whl/; call `learn10b` right after `learn10a` (the state waits in the ignored .learning_state/ of the checkout, which a held machine keeps between calls):
 #   bash benchmarks/device_round8.sh learn10a  # learning run, preset paper, lr 3e-4, a 10-minute schedule:
-#                                              # the first 5 training minutes, state saved to /tmp/l10state
+#                                              # the first 5 training minutes, state saved to .learning_state
 #   bash benchmarks/device_round8.sh learn10b  # the same run resumed for its last 5 minutes
 #   bash benchmarks/device_round8.sh server    # (carry .shared/ too) the engine's GPU tests (pinned views),
 #                                              # bench_prepare on the host's CPU, then the server at concurrency
@@ -11,11 +11,11 @@
 #                                              # (OMP_NUM_THREADS=1) at 4, 8 and 12 preparing threads
 set -u
 . benchmarks/device_env.sh  # $PY, the carried wheels, $OUT, device.txt
-L=(--minutes 10 --preset paper --lr 3e-4 --batch 64 --workers 12 --eval-every 750 --state /tmp/l10state --out "$OUT/learning8_paper10")
+L=(--minutes 10 --preset paper --lr 3e-4 --batch 64 --workers 12 --eval-every 750 --state .learning_state --out "$OUT/learning8_paper10")
 case "${1:-}" in
   learn10a)
     timeout 590 "$PY" benchmarks/learning_run.py "${L[@]}" --stop-after 5 > "$OUT/learning8_paper10_a.log" 2>&1
-    grep -E "CER|done|Error|state" "$OUT/learning8_paper10_a.log" | tail -8; du -sh /tmp/l10state
+    grep -E "CER|done|Error|state" "$OUT/learning8_paper10_a.log" | tail -8; du -sh .learning_state
     ;;
   learn10b)
     timeout 590 "$PY" benchmarks/learning_run.py "${L[@]}" --resume > "$OUT/learning8_paper10_b.log" 2>&1
