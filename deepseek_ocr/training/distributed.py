@@ -27,6 +27,7 @@ from torch import nn
 
 from ..errors import DeepseekOCRError
 from ..processing.prompt import PreparedInputs
+from .errors import TrainingError
 from .objective import LossOutput, compute_loss
 
 
@@ -197,3 +198,18 @@ def wrap_model(module: LossModule, ctx: DistContext, strategy: str = "ddp") -> n
 def unwrap(module: nn.Module) -> LossModule:
     """The `LossModule` inside a DDP wrapper (FSDP2 modifies modules in place)."""
     return module.module if hasattr(module, "module") and isinstance(module.module, LossModule) else module
+
+
+def for_training(ocr, cfg) -> tuple[nn.Module, DistContext]:
+    """The module the loop runs forward/backward through, and the process group's context.
+
+    One process: the objective itself (`LossModule`, the same as `ocr.loss`). Under torchrun:
+    joined to the process group and wrapped in DDP (`strategy = "ddp"`, every rank holds the
+    model: LoRA or full fine-tuning) or sharded with FSDP2 (`"fsdp"`: per decoder layer and
+    per CLIP layer, for full fine-tuning of models that do not fit one device with AdamW).
+    """
+    ctx = init_distributed(ocr.device) if launched_with_torchrun() else DistContext(device=ocr.device)
+    module = LossModule(ocr.model, ocr.tokenizer.pad_id)
+    if cfg.strategy == "fsdp" and cfg.uses_lora and ctx.enabled:
+        raise TrainingError("strategy 'fsdp' is for full fine-tuning; LoRA trains with 'ddp'")
+    return wrap_model(module, ctx, cfg.strategy), ctx

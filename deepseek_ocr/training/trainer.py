@@ -31,15 +31,14 @@ import numpy as np
 import torch
 
 from ..engine.gil import short_gil_turns
-from ..errors import DeepseekOCRError
 from ..processing.prompt import IGNORE_INDEX, PreparedInputs
 from .checkpoint import (TrainState, gather_sharded, load_optimizer, load_weights, read_state, restore_rng, save_checkpoint,
                          train_state)
 from .config import TrainConfig, resume_differences
 from .data.sampler import SampleOrder
 from .prefetch import StepPrefetcher
-from .distributed import DistContext, LossModule, all_reduce_sum, init_distributed, launched_with_torchrun, world
-from .distributed import wrap_model as wrap_dist
+from .distributed import all_reduce_sum, for_training, world
+from .errors import NonFiniteLossError, TrainingError, TrainingOOMError
 from .evaluate import evaluate
 from .lora import LoraConfig, apply_lora, merge_lora
 from .monitor import Monitor
@@ -48,22 +47,6 @@ from .schedule import lr_at
 from .trainable import set_trainable
 
 logger = logging.getLogger(__name__)
-
-
-class TrainingError(DeepseekOCRError, RuntimeError):
-    """Training stopped: the run cannot continue as configured."""
-
-
-class NonFiniteLossError(TrainingError):
-    """The loss (or the gradient norm) became NaN or Inf; `step` and `samples` say where."""
-
-    def __init__(self, message: str, step: int, samples: list[str]):
-        super().__init__(message)
-        self.step, self.samples = step, samples
-
-
-class TrainingOOMError(TrainingError):
-    """The accelerator ran out of memory in a training step."""
 
 
 @dataclass
@@ -81,22 +64,6 @@ class TrainResult:
     model_dir: Path | None = None
     eval: dict | None = None
     extras: dict = field(default_factory=dict)
-
-
-# ----------------------------------------------------------------------------- distributed seam
-def wrap_model(ocr, cfg: TrainConfig) -> tuple[torch.nn.Module, DistContext]:
-    """The module the loop runs forward/backward through, and the process group's context.
-
-    One process: the objective itself (`LossModule`, the same as `ocr.loss`). Under torchrun:
-    joined to the process group and wrapped in DDP (`strategy = "ddp"`, every rank holds the
-    model: LoRA or full fine-tuning) or sharded with FSDP2 (`"fsdp"`: per decoder layer and
-    per CLIP layer, for full fine-tuning of models that do not fit one device with AdamW).
-    """
-    ctx = init_distributed(ocr.device) if launched_with_torchrun() else DistContext(device=ocr.device)
-    module = LossModule(ocr.model, ocr.tokenizer.pad_id)
-    if cfg.strategy == "fsdp" and cfg.uses_lora and ctx.enabled:
-        raise TrainingError("strategy 'fsdp' is for full fine-tuning; LoRA trains with 'ddp'")
-    return wrap_dist(module, ctx, cfg.strategy), ctx
 
 
 # ----------------------------------------------------------------------------------- the loop
@@ -154,7 +121,7 @@ class Trainer:
         self.params = [p for p in root.parameters() if p.requires_grad]
         self.vision_frozen = not any(p.requires_grad for p in root.vision.parameters())
         root.train()
-        self.module, self.dist = wrap_model(ocr, cfg)
+        self.module, self.dist = for_training(ocr, cfg)
         if self.dist.enabled and cfg.strategy == "fsdp" and eval_data and cfg.eval_every:
             raise TrainingError("evaluation during FSDP training is not supported (generation runs on rank 0 "
                                 "alone, the weights are sharded over all ranks): set eval_every = 0 and run "
