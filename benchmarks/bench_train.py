@@ -13,8 +13,12 @@ Modes:
   lora:  LoRA r=16, alpha=16 on q,k,v,o,gate,up,down, routed experts included (Unsloth's targets),
          vision frozen; base weights bf16, factors float32 (as peft keeps them).
   paper: the paper's full fine-tuning: CLIP, projector and decoder trained, SAM frozen; float32
-         master weights. `--weights bf16` runs either mode with bf16 weights (and bf16 AdamW
-         states for paper), `--weights all` both.
+         master weights, as the trainer keeps them: `--weights master` (the default for paper,
+         what `deepseek-ocr train` does in one process: bf16 copies of the matmul weights, float32
+         masters in the optimizer, training/precision.py) or `--weights fp32` (float32 weights
+         cast by autocast at every use, the trainer's `master_weights = false`). `--weights bf16`
+         runs either mode with bf16 weights (and bf16 AdamW states for paper), `--weights all`
+         all three.
 Every step runs under bf16 autocast on CUDA (none on CPU; --smoke: float32, a 2-layer SAM and
 CLIP). Tokens = every sequence token of the batch (image, prompt, answer, BOS/EOS; padding
 excluded); samples are prepared once, outside the timing (the trainer prepares them in
@@ -58,6 +62,7 @@ from deepseek_ocr.processing.tokenizer import Tokenizer  # noqa: E402
 from deepseek_ocr.processing.views import Mode, make_views, resolve_mode  # noqa: E402
 from deepseek_ocr.training.lora import LoraConfig, apply_lora  # noqa: E402
 from deepseek_ocr.training.optim import build_optimizer  # noqa: E402
+from deepseek_ocr.training.precision import MasterWeights, matmul_weights  # noqa: E402
 from deepseek_ocr.training.trainable import set_trainable  # noqa: E402
 from deepseek_ocr.weights.random import make_random_checkpoint  # noqa: E402
 
@@ -121,7 +126,7 @@ def autocast(device):
 
 
 def load(folder: Path, mode: str, weights: str, device, compile_layers: bool):
-    dtype = torch.float32 if weights == "fp32" else torch.bfloat16
+    dtype = torch.float32 if weights in ("fp32", "master") else torch.bfloat16
     ocr = DeepseekOCR.from_pretrained(folder, device=device, dtype=dtype)
     if mode == "lora":
         apply_lora(ocr.model, LoraConfig(r=16, alpha=16), generator=torch.Generator(device=device).manual_seed(0))
@@ -129,6 +134,11 @@ def load(folder: Path, mode: str, weights: str, device, compile_layers: bool):
     else:
         summary = set_trainable(ocr.model, "paper")
     ocr.model.train()
+    ocr.masters = None
+    if weights == "master":  # as Trainer._master_weights
+        chosen = matmul_weights(ocr.model, exclude=(ocr.model.decoder.lm_head,))
+        ocr.masters = MasterWeights([p for _, p in chosen])
+        ocr.masters.to_compute()
     if compile_layers:
         for layer in ocr.model.decoder.layers:
             layer.compile()
@@ -139,15 +149,15 @@ def weights_for(mode: str, choice: str, smoke: bool) -> list[str]:
     if smoke and choice == "auto":  # bf16 matmuls crawl on CPUs without bf16 units
         return ["fp32"]
     if choice == "all":
-        return ["bf16", "fp32"]
+        return ["bf16", "fp32", "master"]
     if choice == "auto":
-        return ["bf16" if mode == "lora" else "fp32"]
+        return ["bf16" if mode == "lora" else "master"]
     return [choice]
 
 
 def run_config(ocr, batch, device, args) -> dict:
     lr = 2e-4 if any(".lora_" in n for n, p in ocr.model.named_parameters() if p.requires_grad) else 1e-5
-    opt = build_optimizer(ocr.model, lr=lr)
+    opt = build_optimizer(ocr.model, lr=lr, substitute=ocr.masters.master_of if ocr.masters else None)
     times, losses = [], []
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats()
@@ -179,7 +189,11 @@ def train_step(ocr, batch, opt, device, args):
     with autocast(device):
         out = ocr.loss(batch, gradient_checkpointing=args.gradient_checkpointing)
     out.loss.backward()
+    if ocr.masters:  # as Trainer._step: bf16 gradients into the float32 masters, step, round back
+        ocr.masters.gather_grads()
     opt.step()
+    if ocr.masters:
+        ocr.masters.refresh()
     return out
 
 
@@ -240,8 +254,8 @@ def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--workload", default="all", choices=["lines", "page", "all"])
     ap.add_argument("--mode", default="all", choices=["lora", "paper", "all"])
-    ap.add_argument("--weights", default="auto", choices=["auto", "bf16", "fp32", "all"],
-                    help="auto: bf16 base for lora, float32 master weights for paper")
+    ap.add_argument("--weights", default="auto", choices=["auto", "bf16", "fp32", "master", "all"],
+                    help="auto: bf16 base for lora, master (float32 masters of bf16 copies) for paper")
     ap.add_argument("--steps", type=int, default=10)
     ap.add_argument("--warmup", type=int, default=3)
     ap.add_argument("--gradient-checkpointing", action="store_true")

@@ -144,11 +144,14 @@ def _reset(ocr, base):
     ocr.model.decoder.load_state_dict(base[1])
 
 
-@pytest.mark.parametrize("kind", ["decoder", "lora"])
+@pytest.mark.parametrize("kind", ["decoder", "lora", "bf16-masters"])
 def test_resume_is_exact(tmp_path, ocr, base, samples, kind):
     # Batch 1 x accumulation 2 over 4 samples: the interruption falls mid-epoch. LoRA dropout
     # consumes the torch generator, so the resumed run also needs the RNG state back.
-    extra = dict(preset="decoder") if kind == "decoder" else dict(lora_r=4, lora_dropout=0.1)
+    # bf16-masters: bf16 autocast with the matmul weights held as bf16 copies of float32
+    # masters (training/precision.py); the checkpoints must hold the masters.
+    extra = {"decoder": dict(preset="decoder"), "lora": dict(lora_r=4, lora_dropout=0.1),
+             "bf16-masters": dict(preset="decoder", dtype="bfloat16")}[kind]
     common = dict(lr=2e-3, max_steps=6, batch_size=1, grad_accum=2, warmup_steps=2, weight_decay=0.01, **extra)
 
     # The uninterrupted reference, checkpointing every step and keeping 2.
@@ -180,6 +183,31 @@ def test_resume_is_exact(tmp_path, ocr, base, samples, kind):
         assert torch.equal(got[name], value), name  # bitwise
     log = [json.loads(line) for line in (tmp_path / "cut" / "log.jsonl").read_text().splitlines()]
     assert [r["step"] for r in log if "loss" in r] == [1, 2, 3, 4, 5, 6]
+
+
+def test_master_weights_train_as_autocast_casts_do(tmp_path, ocr, base, samples):
+    # dtype="bfloat16" runs bf16 autocast on the CPU too. With master_weights the decoder's
+    # matmul weights are bf16 copies while it trains and float32 again after; the run must be
+    # bitwise the one where autocast casts the float32 weights at every use (accumulation over
+    # two micro-batches included, and the text-only sample's step).
+    common = dict(preset="decoder", dtype="bfloat16", lr=2e-3, max_steps=3, batch_size=2, grad_accum=2,
+                  warmup_steps=1, weight_decay=0.01)
+    runs = {}
+    for on in (False, True):
+        _reset(ocr, base)
+        seen = []
+        def watch(trainer, record):
+            seen.append((ocr.model.decoder.layers[0].self_attn.q_proj.weight.dtype,
+                         ocr.model.decoder.layers[1].mlp.experts.gate_up.dtype, ocr.model.decoder.norm.weight.dtype))
+        result = Trainer(ocr, _cfg(tmp_path, f"masters-{on}", master_weights=on, **common), samples,
+                         on_step=watch).train()
+        runs[on] = (result.losses, _trained(ocr), seen)
+    bf16, f32 = torch.bfloat16, torch.float32
+    assert runs[True][2] == [(bf16, bf16, f32)] * 3 and runs[False][2] == [(f32, f32, f32)] * 3
+    assert runs[True][0] == runs[False][0]
+    assert all(p.dtype == f32 for p in ocr.model.parameters())  # given back after training
+    for name, value in runs[False][1].items():
+        assert torch.equal(runs[True][1][name], value), name
 
 
 class _Preparing:

@@ -62,6 +62,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="leave out the MoE balance loss")
     g.add_argument("--seed", type=int)
     g.add_argument("--dtype", choices=DTYPES, help="auto (bf16 autocast on CUDA, float32 on CPU)")
+    g.add_argument("--no-master-weights", dest="master_weights", action="store_const", const=False,
+                   help="cast the float32 weights at every use (autocast) instead of keeping bf16 copies")
     g.add_argument("--device", help="cuda, cuda:1, cpu (default: cuda when available)")
     g.add_argument("--strategy", choices=("ddp", "fsdp"),
                    help="under torchrun: ddp (default; LoRA or full) or fsdp (FSDP2 sharding, full fine-tuning)")

@@ -64,7 +64,10 @@ class TrainConfig:
         reached ends the run), batch_size (samples per micro-batch), grad_accum (micro-batches
         per optimizer step), max_grad_norm (0: no clipping), aux_loss (MoE balance loss),
         gradient_checkpointing, seed, dtype ("auto": bf16 autocast on CUDA, float32 on CPU;
-        master weights always float32), device (None: CUDA when available).
+        "bfloat16": bf16 autocast on any device; master weights always float32), master_weights
+        (with bf16 compute in one process: the trainable matmul weights train as bf16 copies of
+        float32 masters, cast once per step instead of at every use; training/precision.py),
+        device (None: CUDA when available).
 
     Output:
         output_dir; checkpoint_every (steps, 0: only at the end and on interruption);
@@ -117,6 +120,7 @@ class TrainConfig:
     seed: int = 0
     strategy: str = "ddp"  # under torchrun: "ddp" or "fsdp" (FSDP2, full fine-tuning)
     dtype: str = "auto"
+    master_weights: bool = True
     device: str | None = None
 
     output_dir: str = "train-output"
@@ -258,7 +262,7 @@ _OPT_INT = ("max_length", "eval_max_samples", "max_steps", "lora_r", "eval_batch
 _FLOAT = ("lora_dropout", "min_lr_ratio", "weight_decay", "eps", "max_grad_norm")
 _OPT_FLOAT = ("lora_alpha", "lr", "epochs")
 _BOOL = ("lora_rslora", "aux_loss", "gradient_checkpointing", "save_model", "cache_vision", "progress",
-         "tensorboard")
+         "tensorboard", "master_weights")
 _STR = ("model", "data_format", "on_error", "mode", "length_policy", "schedule", "dtype", "output_dir",
         "strategy")
 _OPT_STR = ("image_root", "prompt", "preset", "device")
@@ -368,11 +372,12 @@ def _value_problems(c: TrainConfig) -> list[str]:
 
 
 # Settings a resumed run may change: they decide when things happen and where, not what the
-# optimizer sees, so the loss curve after a resume still equals the uninterrupted one.
+# optimizer sees, so the loss curve after a resume still equals the uninterrupted one
+# (master_weights: the same bf16 values and float32 updates, cast at another time).
 RESUMABLE_CHANGES = frozenset({
     "max_steps", "epochs", "output_dir", "checkpoint_every", "keep_checkpoints", "eval_every", "log_every",
     "eval_data", "eval_max_samples", "eval_batch_size", "eval_max_new_tokens", "save_model", "progress",
-    "tensorboard", "device", "cache_vision", "on_error", "image_root", "prepare_workers",
+    "tensorboard", "device", "cache_vision", "on_error", "image_root", "prepare_workers", "master_weights",
 })
 
 

@@ -10,7 +10,7 @@ implementation (`foreach`), whose results are reproducible run to run.
 """
 from __future__ import annotations
 
-from typing import Iterable
+from typing import Callable, Iterable
 
 import torch
 from torch import nn
@@ -21,24 +21,28 @@ def no_decay(name: str, param: torch.Tensor) -> bool:
     return param.ndim < 2 or "norm" in name or leaf == "bias"
 
 
-def param_groups(named: Iterable[tuple[str, nn.Parameter]], weight_decay: float) -> list[dict]:
+def param_groups(named: Iterable[tuple[str, nn.Parameter]], weight_decay: float,
+                 substitute: Callable[[nn.Parameter], torch.Tensor] | None = None) -> list[dict]:
     """Two AdamW groups of the trainable parameters: `decay` and `no_decay` (names kept in
-    `names` so the optimizer state can be saved by parameter name)."""
+    `names` so the optimizer state can be saved by parameter name). `substitute(p)` gives the
+    tensor stepped in `p`'s place (its float32 master, precision.py)."""
     decay, plain = {"params": [], "names": [], "weight_decay": weight_decay, "group": "decay"}, \
         {"params": [], "names": [], "weight_decay": 0.0, "group": "no_decay"}
     for name, p in named:
         if not p.requires_grad:
             continue
         group = plain if no_decay(name, p) else decay
-        group["params"].append(p)
+        group["params"].append(substitute(p) if substitute is not None else p)
         group["names"].append(name)
     return [g for g in (decay, plain) if g["params"]]
 
 
 def build_optimizer(model: nn.Module, *, lr: float, weight_decay: float = 0.0,
-                    betas: tuple[float, float] = (0.9, 0.999), eps: float = 1e-8) -> torch.optim.AdamW:
-    """AdamW on `model`'s trainable parameters (see the module docstring for the groups)."""
-    groups = param_groups(model.named_parameters(), weight_decay)
+                    betas: tuple[float, float] = (0.9, 0.999), eps: float = 1e-8,
+                    substitute: Callable[[nn.Parameter], torch.Tensor] | None = None) -> torch.optim.AdamW:
+    """AdamW on `model`'s trainable parameters (see the module docstring for the groups;
+    `substitute` as in `param_groups`)."""
+    groups = param_groups(model.named_parameters(), weight_decay, substitute)
     if not groups:
         raise ValueError("no trainable parameter: set a preset or LoRA before building the optimizer")
     params = [p for g in groups for p in g["params"]]

@@ -5,7 +5,10 @@
 
 Precision: float32 master weights and AdamW state always; on CUDA the forward runs under bf16
 autocast (the MoE router and RMSNorm compute in float32 inside it); on CPU everything is
-float32 (bf16 matmuls are slow there and would make CPU runs inexact).
+float32 (bf16 matmuls are slow there and would make CPU runs inexact) unless dtype="bfloat16"
+asks for bf16 autocast there too. With bf16 compute in one process, the trainable matmul weights
+hold bf16 copies of their float32 masters between steps (`precision.MasterWeights`; checkpoints
+and evaluations see the float32 values), which spares autocast's cast at every use.
 
 Stops: SIGINT/SIGTERM set a flag checked between steps; the loop then writes a checkpoint and
 returns `interrupted=True` (a second SIGINT aborts at once). A NaN/Inf loss or gradient norm
@@ -36,6 +39,7 @@ from .checkpoint import (TrainState, gather_sharded, load_optimizer, load_weight
                          train_state)
 from .config import TrainConfig, resume_differences
 from .data.sampler import SampleOrder
+from .precision import Precision
 from .prefetch import StepPrefetcher
 from .distributed import all_reduce_sum, for_training, world
 from .errors import NonFiniteLossError, TrainingError, TrainingOOMError
@@ -122,12 +126,17 @@ class Trainer:
         self.vision_frozen = not any(p.requires_grad for p in root.vision.parameters())
         root.train()
         self.module, self.dist = for_training(ocr, cfg)
+        self.precision = Precision(cfg.dtype, self.device, root, master_weights=cfg.master_weights,
+                                   distributed=self.dist.enabled)
+        # Clipping and the optimizer work on the float32 masters where there are some.
+        self.step_params = [self.precision.stepped(p) for p in self.params]
         if self.dist.enabled and cfg.strategy == "fsdp" and eval_data and cfg.eval_every:
             raise TrainingError("evaluation during FSDP training is not supported (generation runs on rank 0 "
                                 "alone, the weights are sharded over all ranks): set eval_every = 0 and run "
                                 "`deepseek-ocr eval` on the saved model")
         self.optimizer = build_optimizer(root, lr=cfg.learning_rate, weight_decay=cfg.weight_decay,
-                                         betas=tuple(cfg.betas), eps=cfg.eps)
+                                         betas=tuple(cfg.betas), eps=cfg.eps,
+                                         substitute=self.precision.substitute)
         self.order = SampleOrder(len(train_data), seed=cfg.seed, rank=self.rank, world_size=self.world_size)
         self.state = TrainState(config=cfg.to_dict())
         if saved is not None:
@@ -152,10 +161,8 @@ class Trainer:
 
     # ------------------------------------------------------------------------------- pieces
     def autocast(self):
-        """bf16 autocast on CUDA (dtype "auto" or "bfloat16"); nothing on CPU or with float32."""
-        if self.device.type == "cuda" and self.cfg.dtype != "float32":
-            return torch.autocast("cuda", dtype=torch.bfloat16)
-        return contextlib.nullcontext()
+        """bf16 autocast where the run computes in bf16 (precision.Precision); else nothing."""
+        return self.precision.autocast()
 
     def lr(self, step: int) -> float:
         return lr_at(step, self.cfg.learning_rate, total=self.total_steps, warmup=self.cfg.warmup_steps,
@@ -235,6 +242,7 @@ class Trainer:
                 if self.cfg.aux_loss:
                     objective = objective + out.aux * (len(mb) * self.world_size / total_seqs)
                 objective.backward()
+                self.precision.after_backward()
             except torch.OutOfMemoryError:
                 raise self._oom(mb) from None
             finally:
@@ -243,7 +251,7 @@ class Trainer:
             aux_sum += float(out.aux.detach()) * len(mb)
             tokens += out.num_tokens
         max_norm = self.cfg.max_grad_norm if self.cfg.max_grad_norm > 0 else math.inf
-        grad_norm = float(torch.nn.utils.clip_grad_norm_(self.params, max_norm))
+        grad_norm = float(torch.nn.utils.clip_grad_norm_(self.step_params, max_norm))
         if not math.isfinite(grad_norm):
             names = [_source(inp, i) for inp, i in zip((x for mb in micro for x in mb), indices)]
             raise NonFiniteLossError(f"the gradient norm is {grad_norm} at step {step + 1}, samples: "
@@ -254,6 +262,7 @@ class Trainer:
             group["lr"] = lr
         self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
+        self.precision.after_step()
         ce = ce_sum / max(sum(n_labels), 1)
         aux = aux_sum / sum(len(mb) for mb in micro)
         if self.world_size > 1:  # the record describes the whole step, every rank's samples
@@ -275,9 +284,10 @@ class Trainer:
                 gather_sharded(self.ocr.model, self.optimizer)
             self._saved_step = self.state.step
             return self.last_checkpoint
-        self.last_checkpoint = save_checkpoint(self.output_dir, model=self.ocr.model, optimizer=self.optimizer,
-                                               state=self.state, lora=self.cfg.uses_lora,
-                                               keep=self.cfg.keep_checkpoints, base_model=self.cfg.model)
+        with self.precision.float32():
+            self.last_checkpoint = save_checkpoint(self.output_dir, model=self.ocr.model, optimizer=self.optimizer,
+                                                   state=self.state, lora=self.cfg.uses_lora,
+                                                   keep=self.cfg.keep_checkpoints, base_model=self.cfg.model)
         self._saved_step = self.state.step
         return self.last_checkpoint
 
@@ -285,9 +295,10 @@ class Trainer:
         if not self.eval_data or self.rank != 0:
             return None
         c = self.cfg
-        result = evaluate(self.ocr, self.eval_data, batch_size=c.eval_batch_size or c.batch_size,
-                          max_new_tokens=c.eval_max_new_tokens, autocast=self.autocast,
-                          predictions_path=self.output_dir / "eval" / f"step-{self.state.step:06d}.jsonl")
+        with self.precision.float32():
+            result = evaluate(self.ocr, self.eval_data, batch_size=c.eval_batch_size or c.batch_size,
+                              max_new_tokens=c.eval_max_new_tokens, autocast=self.autocast,
+                              predictions_path=self.output_dir / "eval" / f"step-{self.state.step:06d}.jsonl")
         summary = result.to_dict()
         if monitor is not None:
             monitor.write({"step": self.state.step, "eval": summary})
@@ -323,6 +334,8 @@ class Trainer:
         # The preparing threads take the GIL in parts; short turns keep the training thread's
         # kernel launches from waiting 5 ms each time it wants it back (engine/gil.py).
         cleanup.enter_context(short_gil_turns())
+        self.precision.start()  # bf16 copies in with master weights; float32 back however it ends
+        cleanup.callback(self.precision.finish)
         last_eval = None
         window_start, window_tokens, window_samples = time.perf_counter(), 0, 0
         try:
@@ -363,6 +376,7 @@ class Trainer:
                                "checkpoint": str(self.last_checkpoint)})
                 return result
             result.eval = self.run_eval(monitor) or last_eval
+            self.precision.finish()
             self._export(result)
             monitor.write({"event": "end", "step": self.state.step, "elapsed_s": self.state.elapsed_s})
             return result

@@ -1,0 +1,144 @@
+"""Float32 masters of bf16 compute weights (training/precision.py) against autocast's casts.
+
+The reference is the plain torch recipe the class replaces: float32 parameters, bf16 autocast
+(which casts each weight at every use and casts its gradient back into a float32 `.grad`), and
+AdamW on the float32 parameters. Training the bf16 copies and stepping the masters must give the
+same losses and the same float32 weights, bit for bit, on the CPU.
+"""
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+from deepseek_ocr.training.precision import MasterWeights, matmul_weights
+from deepseek_ocr.training.trainable import set_trainable
+
+
+class _Net(nn.Module):
+    """A conv, two linears (one used twice per forward), a norm and a bias: every kind of
+    parameter the class selects or leaves alone."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv2d(3, 8, 3, padding=1)
+        self.norm = nn.LayerNorm(8)
+        self.fc = nn.Linear(8, 8)
+        self.out = nn.Linear(8, 5, bias=False)
+
+    def forward(self, x):
+        h = self.conv(x).mean(dim=(2, 3))
+        h = self.fc(torch.relu(self.fc(self.norm(h))))  # fc twice: its gradient has two parts
+        return self.out(h).float()
+
+
+def _batches(n, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    return [(torch.randn(4, 3, 6, 6, generator=g), torch.randint(0, 5, (4,), generator=g)) for _ in range(n)]
+
+
+def _loss(net, x, y):
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        return nn.functional.cross_entropy(net(x), y)
+
+
+def test_selection_is_the_matmul_weights():
+    net = _Net()
+    assert [n for n, _ in matmul_weights(net)] == ["conv.weight", "fc.weight", "out.weight"]
+    assert [n for n, _ in matmul_weights(net, exclude=(net.out,))] == ["conv.weight", "fc.weight"]
+    net.fc.weight.requires_grad_(False)  # frozen weights have no master
+    assert [n for n, _ in matmul_weights(net)] == ["conv.weight", "out.weight"]
+
+
+def test_selection_on_the_model(small_model):
+    model = small_model.model
+    flags = {n: p.requires_grad for n, p in model.named_parameters()}
+    try:
+        set_trainable(model, "paper")
+        names = [n for n, _ in matmul_weights(model, exclude=(model.decoder.lm_head,))]
+    finally:  # the session's model is shared with other tests
+        for n, p in model.named_parameters():
+            p.requires_grad_(flags[n])
+    assert "decoder.layers.0.self_attn.q_proj.weight" in names
+    assert "decoder.layers.1.mlp.experts.gate_up" in names and "decoder.layers.1.mlp.experts.down" in names
+    assert "vision.clip.transformer.layers.0.mlp.fc1.weight" in names
+    assert "vision.clip.embeddings.patch_embedding.weight" in names and "vision.projector.layers.weight" in names
+    # float32 where autocast computes in float32 or the code casts once: left alone
+    for kept in ("decoder.lm_head.weight", "decoder.embed_tokens.weight", "decoder.layers.1.mlp.gate.weight",
+                 "decoder.norm.weight", "vision.clip.embeddings.position_embedding.weight",
+                 "vision.projector.layers.bias"):
+        assert kept not in names, kept
+    assert not any(n.startswith("vision.sam.") for n in names)  # frozen by the paper preset
+
+
+@pytest.mark.parametrize("accumulate", [1, 2])
+def test_master_steps_equal_autocast_steps_bitwise(accumulate):
+    torch.manual_seed(0)
+    ref = _Net()
+    net = _Net()
+    net.load_state_dict(ref.state_dict())
+    ref_opt = torch.optim.AdamW(ref.parameters(), lr=1e-2, weight_decay=0.01, foreach=True)
+    masters = MasterWeights([p for _, p in matmul_weights(net)])
+    opt = torch.optim.AdamW([masters.master_of(p) for p in net.parameters()], lr=1e-2, weight_decay=0.01,
+                            foreach=True)
+    masters.to_compute()
+    assert net.fc.weight.dtype == torch.bfloat16 and net.norm.weight.dtype == torch.float32
+    assert net.fc.bias.dtype == torch.float32
+    data = _batches(4 * accumulate)
+    for step in range(4):
+        micro = data[step * accumulate:(step + 1) * accumulate]
+        ref_losses, losses = [], []
+        for x, y in micro:
+            loss = _loss(ref, x, y) / accumulate
+            loss.backward()
+            ref_losses.append(loss.item())
+            loss = _loss(net, x, y) / accumulate
+            loss.backward()
+            masters.gather_grads()
+            losses.append(loss.item())
+        assert losses == ref_losses, step
+        ref_opt.step()
+        ref_opt.zero_grad(set_to_none=True)
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+        masters.refresh()
+        # the compute copies are the masters rounded, as autocast would round them
+        assert torch.equal(net.fc.weight, masters.master_of(net.fc.weight).to(torch.bfloat16))
+    masters.to_master()
+    for (name, a), b in zip(ref.named_parameters(), net.parameters()):
+        assert b.dtype == torch.float32 and torch.equal(a, b), name
+
+
+def test_float32_block_shows_the_masters_and_gives_the_copies_back():
+    net = _Net()
+    before = {n: p.detach().clone() for n, p in net.named_parameters()}
+    masters = MasterWeights([p for _, p in matmul_weights(net)])
+    masters.to_compute()
+    copy = net.fc.weight.data_ptr()
+    with masters.float32():
+        for n, p in net.named_parameters():
+            assert p.dtype == torch.float32 and torch.equal(p, before[n]), n
+        assert net.state_dict()["fc.weight"].dtype == torch.float32  # what a checkpoint writes
+    assert net.fc.weight.dtype == torch.bfloat16
+    assert net.fc.weight.data_ptr() == copy  # the same bf16 tensor back, not a new rounding
+    masters.to_master()
+    assert not masters.active
+    with masters.float32():  # nothing to swap once given back
+        assert net.fc.weight.dtype == torch.float32
+
+
+def test_a_weight_without_gradient_is_not_stepped():
+    # A text-only batch leaves the vision weights without a gradient: AdamW must skip them
+    # (weight decay included), as it skips a float32 parameter whose .grad is None.
+    net = _Net()
+    masters = MasterWeights([p for _, p in matmul_weights(net)])
+    opt = torch.optim.AdamW([masters.master_of(p) for p in net.parameters()], lr=1e-2, weight_decay=0.1)
+    masters.to_compute()
+    conv_before = masters.master_of(net.conv.weight).clone()
+    out = net.out(torch.randn(2, 8).to(torch.bfloat16)).float().sum()  # only `out` takes part
+    out.backward()
+    masters.gather_grads()
+    assert masters.master_of(net.conv.weight).grad is None
+    opt.step()
+    assert torch.equal(masters.master_of(net.conv.weight), conv_before)
+    assert not torch.equal(masters.master_of(net.out.weight), net.out.weight.float())  # stepped, not yet refreshed
