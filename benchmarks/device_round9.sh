@@ -1,0 +1,39 @@
+#!/usr/bin/env bash
+# Device runs of the eighth session (one call, carrying .whl/):
+#   bash benchmarks/device_round9.sh masters
+# 1. `paper` on "page": float32 weights cast by autocast, bf16 weights, and float32 masters of bf16
+#    copies (training/precision.py, the trainer's default now), 5 timed steps each, one process;
+# 2. `deepseek-ocr train` on CUDA with master weights, end to end on a generated folder (a small
+#    random checkpoint, preset paper, evaluation and the exported model), to see the trainer's
+#    path (float32 block for checkpoints and evaluation) run on the GPU.
+set -u
+. benchmarks/device_env.sh  # $PY, the carried wheels, $OUT, device.txt
+case "${1:-}" in
+  masters)
+    "$PY" -c "from deepseek_ocr import make_random_checkpoint; make_random_checkpoint('/tmp/full', layers=12, experts=64, topk=6)"
+    timeout 150 "$PY" benchmarks/bench_train.py --workload page --mode paper --weights all --steps 5 --warmup 2 \
+      --no-check --checkpoint /tmp/full --json "$OUT/train_masters.json" > "$OUT/train_masters.log" 2>&1
+    tail -6 "$OUT/train_masters.log"
+    "$PY" - <<'PY'
+from pathlib import Path
+from PIL import Image, ImageDraw
+from deepseek_ocr import make_random_checkpoint
+make_random_checkpoint("/tmp/small", layers=2, experts=4, topk=2, hidden_size=256, heads=4,
+                       intermediate_size=512, moe_intermediate_size=64)
+for split, n in (("train", 16), ("held", 4)):
+    d = Path("/tmp/pages") / split
+    d.mkdir(parents=True, exist_ok=True)
+    for i in range(n):
+        im = Image.new("RGB", (320, 160), "white")
+        ImageDraw.Draw(im).text((10, 60), f"line {split} {i}", fill="black")
+        im.save(d / f"p{i}.png")
+        (d / f"p{i}.txt").write_text(f"line {split} {i}")
+PY
+    timeout 150 "$PY" -m deepseek_ocr train --model /tmp/small --data /tmp/pages/train --eval-data /tmp/pages/held \
+      --preset paper --mode tiny --max-steps 6 --batch-size 4 --lr 1e-4 --checkpoint-every 3 --eval-every 3 \
+      --out /tmp/run --quiet --json > "$OUT/train_cli.json" 2> "$OUT/train_cli.err"
+    echo "train rc=$?"; tail -c 1500 "$OUT/train_cli.json"; tail -5 "$OUT/train_cli.err"
+    ls /tmp/run /tmp/run/checkpoints /tmp/run/model 2>&1 | head -20
+    ;;
+  *) echo "usage: $0 masters" >&2; exit 2 ;;
+esac
