@@ -71,6 +71,9 @@ async def one_request(client: httpx.AsyncClient, body: dict) -> dict:
         if r.status_code != 200:
             await r.aread()
             return {"error": f"HTTP {r.status_code}: {r.text[:200]}", "sent": sent}
+        # The server's Server-Timing header: arrival -> image prepared (before it queues for an engine)
+        timing = re.fullmatch(r"prepare;dur=([\d.]+)", r.headers.get("server-timing", ""))
+        prepare_s = float(timing.group(1)) / 1e3 if timing else None
         async for line in r.aiter_lines():
             if not line.startswith("data: "):
                 continue
@@ -89,7 +92,7 @@ async def one_request(client: httpx.AsyncClient, body: dict) -> dict:
                 if choice.get("finish_reason"):
                     finish = choice["finish_reason"]
     return {"sent": sent, "stamps": stamps, "finish": finish, "usage": usage, "error": error,
-            "done": time.perf_counter()}
+            "done": time.perf_counter(), "prepare_s": prepare_s}
 
 
 async def run_level(url: str, headers: dict, body: dict, concurrency: int, requests: int, timeout: float) -> dict:
@@ -114,6 +117,8 @@ async def run_level(url: str, headers: dict, body: dict, concurrency: int, reque
     ok = [r for r in results if not r.get("error") and r["finish"] == "length" and r["usage"]
           and r["usage"]["completion_tokens"] == expected]
     ttft = [r["stamps"][0] - r["sent"] for r in ok if r["stamps"]]
+    prepared = [r["prepare_s"] for r in ok if r.get("prepare_s") is not None]
+    after = [r["stamps"][0] - r["sent"] - r["prepare_s"] for r in ok if r["stamps"] and r.get("prepare_s") is not None]
     gaps = [b - a for r in ok for a, b in zip(r["stamps"], r["stamps"][1:])]
     tpot = [(r["stamps"][-1] - r["stamps"][0]) / (expected - 1) for r in ok if len(r["stamps"]) > 1 and expected > 1]
     tokens = sum(r["usage"]["completion_tokens"] for r in ok)
@@ -123,7 +128,11 @@ async def run_level(url: str, headers: dict, body: dict, concurrency: int, reque
             "failures": failures[:5], "wall_s": round(wall, 3),
             "pages_per_s": round(len(ok) / wall, 3), "tokens_per_s": round(tokens / wall, 1),
             "ttft_ms": percentiles(ttft, 1000), "itl_ms": percentiles(gaps, 1000), "tpot_ms": percentiles(tpot, 1000),
-            "e2e_s": percentiles([r["done"] - r["sent"] for r in ok])}
+            "e2e_s": percentiles([r["done"] - r["sent"] for r in ok]),
+            # TTFT split: preparing (server side, from Server-Timing) and the rest (queue for an
+            # engine slot, vision encoding, prefill, the first step)
+            "prepare_ms": percentiles(prepared, 1000) if prepared else None,
+            "after_prepare_ms": percentiles(after, 1000) if after else None}
 
 
 def engine_figures(url: str, headers: dict) -> dict:
@@ -248,6 +257,10 @@ def main() -> int:
                   f"{level['tokens_per_s']:.0f} tokens/s, TTFT p50 {level['ttft_ms']['p50']} ms "
                   f"p99 {level['ttft_ms']['p99']} ms, ITL p50 {level['itl_ms']['p50']} ms "
                   f"p99 {level['itl_ms']['p99']} ms", flush=True)
+            if level.get("prepare_ms"):
+                print(f"  of the TTFT: preparing p50 {level['prepare_ms']['p50']} ms p99 {level['prepare_ms']['p99']} ms; "
+                      f"after it p50 {level['after_prepare_ms']['p50']} ms p99 {level['after_prepare_ms']['p99']} ms",
+                      flush=True)
             Path(args.out).write_text(json.dumps(report, indent=1) + "\n")  # after every level
         report["server_metrics"] = httpx.get(url + "/metrics", headers=headers, timeout=30).text
     finally:

@@ -78,11 +78,18 @@ def test_32_concurrent_requests_equal_each_request_alone(ocr, server):
     refs = [ocr.generate(page(s), prompt="<image>\n" + p, mode=m, max_new_tokens=10, fast=False)
             for p, m, s in cases]
 
+    def prepare_ms(r, sent):
+        # Server-Timing: the request's preparation, within the time the client waited for headers
+        m = re.fullmatch(r"prepare;dur=(\d+\.\d)", r.headers["server-timing"])
+        assert m and 0 < float(m.group(1)) <= (time.perf_counter() - sent) * 1e3, r.headers["server-timing"]
+
     async def one(client, i, prompt, mode, seed):
         body = chat_body(page(seed), prompt, max_tokens=10, mode=mode, skip_special_tokens=False)
+        sent = time.perf_counter()
         if i % 3 == 0:  # a third of them streamed
             async with client.stream("POST", "/v1/chat/completions", json={**body, "stream": True}) as r:
                 assert r.status_code == 200
+                prepare_ms(r, sent)
                 text = ""
                 async for line in r.aiter_lines():
                     if line.startswith("data: {"):
@@ -91,6 +98,7 @@ def test_32_concurrent_requests_equal_each_request_alone(ocr, server):
                 return text, None
         r = await client.post("/v1/chat/completions", json=body)
         assert r.status_code == 200, r.text
+        prepare_ms(r, sent)
         return r.json()["choices"][0]["message"]["content"], r.json()["usage"]
 
     async def all_at_once():
@@ -105,6 +113,7 @@ def test_32_concurrent_requests_equal_each_request_alone(ocr, server):
                              "total_tokens": ref.prompt_tokens + len(ref.token_ids)}
     figures = httpx.get(server.url + "/metrics").text
     assert metric(figures, "engine_steps_total") > 0 and metric(figures, "requests_in_flight") == 0
+    assert metric(figures, "prepare_seconds_count") >= 32 and metric(figures, "prepare_seconds_sum") > 0
     phases = dict(re.findall(r'^deepseek_ocr_engine_seconds_total{engine="engine-0",phase="(\w+)"} (\S+)$',
                              figures, re.M))
     assert set(phases) == {"admit", "encode", "decode", "read"}

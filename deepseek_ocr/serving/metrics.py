@@ -90,6 +90,7 @@ class Metrics:
         self.ttft = Histogram(LATENCY_BUCKETS)
         self.itl = Histogram(TOKEN_GAP_BUCKETS)
         self.duration = Histogram(LATENCY_BUCKETS)
+        self.prepare = Histogram(LATENCY_BUCKETS)
         self.token_rate = RateWindow()
 
     def count_request(self, endpoint: str, status: int) -> None:
@@ -154,7 +155,9 @@ class Metrics:
         for name, hist, help_text in (
                 ("time_to_first_token_seconds", self.ttft, "From a request's arrival to its first token."),
                 ("inter_token_latency_seconds", self.itl, "Between consecutive tokens of a request."),
-                ("request_duration_seconds", self.duration, "From a request's arrival to its last token.")):
+                ("request_duration_seconds", self.duration, "From a request's arrival to its last token."),
+                ("prepare_seconds", self.prepare, "From a chat request's arrival until its image is prepared "
+                                                  "and it can queue for an engine.")):
             lines.append(f"# HELP {PREFIX}{name} {help_text}")
             lines.append(f"# TYPE {PREFIX}{name} histogram")
             lines.extend(hist.lines(PREFIX + name))
