@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Device runs of the eighth session (one call, carrying .whl/):
 #   bash benchmarks/device_round9.sh masters
+#   bash benchmarks/device_round9.sh server   # after `masters` on the same machine (/tmp/full)
 # 1. `paper` on "page": float32 weights cast by autocast, bf16 weights, and float32 masters of bf16
 #    copies (training/precision.py, the trainer's default now), 5 timed steps each, one process;
 # 2. `deepseek-ocr train` on CUDA with master weights, end to end on a generated folder (a small
@@ -35,5 +36,11 @@ PY
     echo "train rc=$?"; tail -c 1500 "$OUT/train_cli.json"; tail -5 "$OUT/train_cli.err"
     ls /tmp/run /tmp/run/checkpoints /tmp/run/model 2>&1 | head -20
     ;;
-  *) echo "usage: $0 masters" >&2; exit 2 ;;
+  server)  # 3. the server at concurrency 256 with the TTFT split into preparing and the rest
+    [ -d /tmp/full ] || "$PY" -c "from deepseek_ocr import make_random_checkpoint; make_random_checkpoint('/tmp/full', layers=12, experts=64, topk=6)"
+    timeout 110 "$PY" benchmarks/bench_server.py --model /tmp/full --concurrency 256 --requests 256 --max-tokens 1000 \
+      --out "$OUT/bench_server_split.json" > "$OUT/bench_server_split.log" 2>&1
+    tail -3 "$OUT/bench_server_split.log"
+    ;;
+  *) echo "usage: $0 masters|server" >&2; exit 2 ;;
 esac
