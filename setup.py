@@ -35,6 +35,7 @@ setup(
             "sacrebleu>=2",
             "pyarrow>=15",  # the Parquet reader's tests (deepseek_ocr.training.data)
             "matplotlib>=3.5",  # the research harness's plots are drawn in its tests
+            "jieba>=0.42",  # Fox's Chinese word segmentation (research extra's optional): its test runs
             # The server's tests (tests/test_serving_*.py): the server itself (the serve extra),
             # the official openai client against it, httpx for /v1/ocr and raw HTTP, and
             # selenium driving Debian's chromium + chromedriver (installed by .ci/run) for the page.
