@@ -44,10 +44,11 @@ def _loss(net, x, y):
 
 def test_selection_is_the_matmul_weights():
     net = _Net()
-    assert [n for n, _ in matmul_weights(net)] == ["conv.weight", "fc.weight", "out.weight"]
-    assert [n for n, _ in matmul_weights(net, exclude=(net.out,))] == ["conv.weight", "fc.weight"]
+    assert [n for n, _ in matmul_weights(net)] == ["conv.weight", "conv.bias", "fc.weight", "fc.bias", "out.weight"]
+    assert [n for n, _ in matmul_weights(net, exclude=(net.out,))] == ["conv.weight", "conv.bias", "fc.weight",
+                                                                       "fc.bias"]
     net.fc.weight.requires_grad_(False)  # frozen weights have no master
-    assert [n for n, _ in matmul_weights(net)] == ["conv.weight", "out.weight"]
+    assert [n for n, _ in matmul_weights(net)] == ["conv.weight", "conv.bias", "fc.bias", "out.weight"]
 
 
 def test_selection_on_the_model(small_model):
@@ -63,10 +64,11 @@ def test_selection_on_the_model(small_model):
     assert "decoder.layers.1.mlp.experts.gate_up" in names and "decoder.layers.1.mlp.experts.down" in names
     assert "vision.clip.transformer.layers.0.mlp.fc1.weight" in names
     assert "vision.clip.embeddings.patch_embedding.weight" in names and "vision.projector.layers.weight" in names
+    assert "vision.projector.layers.bias" in names and "vision.clip.transformer.layers.0.mlp.fc1.bias" in names
     # float32 where autocast computes in float32 or the code casts once: left alone
     for kept in ("decoder.lm_head.weight", "decoder.embed_tokens.weight", "decoder.layers.1.mlp.gate.weight",
                  "decoder.norm.weight", "vision.clip.embeddings.position_embedding.weight",
-                 "vision.projector.layers.bias"):
+                 "vision.clip.transformer.layers.0.layer_norm1.bias", "vision.clip.embeddings.class_embedding"):
         assert kept not in names, kept
     assert not any(n.startswith("vision.sam.") for n in names)  # frozen by the paper preset
 
@@ -82,8 +84,8 @@ def test_master_steps_equal_autocast_steps_bitwise(accumulate):
     opt = torch.optim.AdamW([masters.master_of(p) for p in net.parameters()], lr=1e-2, weight_decay=0.01,
                             foreach=True)
     masters.to_compute()
-    assert net.fc.weight.dtype == torch.bfloat16 and net.norm.weight.dtype == torch.float32
-    assert net.fc.bias.dtype == torch.float32
+    assert net.fc.weight.dtype == torch.bfloat16 and net.fc.bias.dtype == torch.bfloat16
+    assert net.norm.weight.dtype == torch.float32 and net.norm.bias.dtype == torch.float32
     data = _batches(4 * accumulate)
     for step in range(4):
         micro = data[step * accumulate:(step + 1) * accumulate]
@@ -142,3 +144,49 @@ def test_a_weight_without_gradient_is_not_stepped():
     opt.step()
     assert torch.equal(masters.master_of(net.conv.weight), conv_before)
     assert not torch.equal(masters.master_of(net.out.weight), net.out.weight.float())  # stepped, not yet refreshed
+
+
+def test_the_whole_model_trains_alike_with_masters():
+    # The paper preset (CLIP, projector and decoder trained; SAM frozen) on the tiny model of
+    # tests/tiny_model.py: the vision path's weights and biases become bf16 copies too, and its
+    # loss and float32 weights after two AdamW steps must be those of plain autocast, bit for bit.
+    import sys
+    from pathlib import Path
+    from PIL import Image, ImageDraw
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    from tiny_model import tiny_model
+
+    img = Image.new("RGB", (500, 300), "white")
+    ImageDraw.Draw(img).text((20, 20), "total 12.50", fill="black")
+    runs = []
+    for use_masters in (False, True):
+        ocr = tiny_model(seed=3)
+        set_trainable(ocr.model, "paper")
+        named = [(n, p) for n, p in ocr.model.named_parameters() if p.requires_grad]
+        masters = None
+        if use_masters:
+            masters = MasterWeights([p for _, p in matmul_weights(ocr.model, exclude=(ocr.model.decoder.lm_head,))])
+        opt = torch.optim.AdamW([masters.master_of(p) if masters else p for _, p in named], lr=1e-3, foreach=True)
+        if masters:
+            masters.to_compute()
+            assert ocr.model.vision.clip.transformer.layers[0].mlp.fc1.bias.dtype == torch.bfloat16
+        inputs = [ocr.prepare(img, "<image>\nFree OCR.", mode="512:256:crop", answer="total 12.50"),
+                  ocr.prepare(None, "Say hi.", answer="hi")]
+        losses = []
+        for _ in range(2):
+            with torch.autocast("cpu", dtype=torch.bfloat16):
+                out = ocr.loss(inputs)
+            out.loss.backward()
+            losses.append(out.loss.item())
+            if masters:
+                masters.gather_grads()
+            opt.step()
+            opt.zero_grad(set_to_none=True)
+            if masters:
+                masters.refresh()
+        if masters:
+            masters.to_master()
+        runs.append((losses, {n: p.detach().clone() for n, p in named}))
+    assert runs[1][0] == runs[0][0]
+    for name, value in runs[0][1].items():
+        assert runs[1][1][name].dtype == torch.float32 and torch.equal(runs[1][1][name], value), name

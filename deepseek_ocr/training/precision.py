@@ -18,11 +18,12 @@ measurement the step took 0.295 s with float32 weights against 0.228 s with bf16
   evaluations, which then see exactly the model they would have seen without this class;
   `to_master()` does so for good (the end of training).
 
-Selected: trainable weights of `nn.Linear`, `nn.Conv2d` and the stacked routed experts, other
-than the output projection (its gradient is summed over chunks of positions in its own
-buffer, chunked_ce.py, and it is cast once per pass anyway). Norm gains, biases, embeddings and
-the router stay float32: autocast leaves them float32 (or the code computes them in float32), so
-holding them in bf16 would change the arithmetic, not save casts.
+Selected: the trainable weights and biases of `nn.Linear` and `nn.Conv2d` and the stacked routed
+experts (autocast casts all of them to bf16 where they are used), other than the output
+projection (its gradient is summed over chunks of positions in its own buffer, chunked_ce.py,
+and it is cast once per pass anyway). Norm gains and biases, embeddings and the router stay
+float32: autocast leaves them float32 (or the code computes them in float32), so holding them in
+bf16 would change the arithmetic, not save casts.
 
 Single process only: DDP buckets gradients by the parameters' dtype when it wraps the model,
 so their data cannot change dtype afterwards (under DDP or FSDP the trainer keeps autocast).
@@ -41,14 +42,14 @@ _MATMUL_MODULES = (nn.Linear, nn.Conv2d, StackedExperts)
 
 
 def matmul_weights(model: nn.Module, *, exclude: tuple[nn.Module, ...] = ()) -> list[tuple[str, nn.Parameter]]:
-    """The trainable float32 matmul weights of `model` (see the module docstring), by name."""
+    """The trainable float32 matmul weights and biases of `model` (see the module docstring), by name."""
     skip = {id(m) for m in exclude}
     out = []
     for mod_name, mod in model.named_modules():
         if not isinstance(mod, _MATMUL_MODULES) or id(mod) in skip:
             continue
         for name, p in mod.named_parameters(recurse=False):
-            if name == "bias" or not p.requires_grad or p.dtype != torch.float32 or p.ndim < 2:
+            if not p.requires_grad or p.dtype != torch.float32:
                 continue
             out.append((f"{mod_name}.{name}" if mod_name else name, p))
     return out
