@@ -4,6 +4,10 @@ conversion), and the pixel conversion alone, against the float32 normalization `
 did before it looked levels up (kept here as the "before" column).
 
     python benchmarks/bench_prepare.py [--repeats 10] [--threads 1]
+
+`make_views_codes_ms` and `codes_ms`: the same with the views as uint8 levels
+(`make_views(..., codes=True)`, what the server and the batch command prepare; the pixels are then
+looked up on the GPU).
 """
 from __future__ import annotations
 
@@ -21,7 +25,7 @@ from PIL import Image
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_decode import gundam_page  # noqa: E402  (the engine and server benchmarks' page)
 
-from deepseek_ocr.processing.views import make_views, pad_to_square, resolve_mode, to_pixels  # noqa: E402
+from deepseek_ocr.processing.views import make_views, pad_to_square, resolve_mode, to_codes, to_pixels  # noqa: E402
 
 
 def float32_pixels(views: list[Image.Image]) -> torch.Tensor:
@@ -66,6 +70,9 @@ def main(argv=None) -> dict:
         "threads": a.threads,
         "png_decode_ms": median_ms(decode, a.repeats),
         "make_views_ms": median_ms(lambda: make_views(image, mode), a.repeats),
+        # what the server and the batch command do now: views as uint8 levels, pixels on the GPU
+        "make_views_codes_ms": median_ms(lambda: make_views(image, mode, codes=True), a.repeats),
+        "codes_ms": median_ms(lambda: [to_codes(g) for g in groups], a.repeats),
         "pixels_lookup_ms": median_ms(lambda: [to_pixels(g) for g in groups], a.repeats),
         "pixels_float32_ms": median_ms(lambda: [float32_pixels(g) for g in groups], a.repeats),
     }

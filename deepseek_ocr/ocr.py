@@ -144,7 +144,7 @@ class DeepseekOCR:
 
     # ----------------------------------------------------------------------- preprocessing
     def prepare(self, image=None, prompt: str | None = None, mode: str | Mode = "gundam",
-                answer: str | None = None) -> PreparedInputs:
+                answer: str | None = None, *, pixel_codes: bool = False) -> PreparedInputs:
         """Build the model inputs for one image (a path, bytes or PIL image) or none.
 
         Args:
@@ -154,6 +154,8 @@ class DeepseekOCR:
             mode: "tiny", "small", "base", "large", "gundam", or a `Mode(...)`.
             answer: the target text of a training sample: its ids and EOS are appended and the
                 result carries `labels` (-100 over BOS, the prompt and the image positions).
+            pixel_codes: carry the views as uint8 levels instead of bf16 pixels (half the bytes;
+                the vision tower converts them to the same pixels, bit for bit, on its device).
         """
         if prompt is None:
             if image is None:
@@ -163,7 +165,7 @@ class DeepseekOCR:
             inputs = build_inputs(self.tokenizer, prompt, None, None)
         else:
             mode = resolve_mode(mode)
-            views = make_views(load_image(image, max_pixels=self.max_pixels), mode)
+            views = make_views(load_image(image, max_pixels=self.max_pixels), mode, codes=pixel_codes)
             inputs = build_inputs(self.tokenizer, prompt, views, mode)
         return inputs if answer is None else with_answer(self.tokenizer, inputs, answer)
 

@@ -376,3 +376,19 @@ def test_pin_views_leaves_inputs_alone_off_cuda():
                             images_spatial_crop=torch.ones(1, 2, dtype=torch.long), global_view=view, crops=None,
                             prompt="<image>")
     assert pin_views(inputs, "cpu") is inputs and inputs.global_view is view and inputs.crops is None
+
+
+def test_views_as_uint8_levels_read_as_the_bf16_pixels(ocr):
+    """The server and the batch command prepare views as uint8 levels (`pixel_codes=True`); the
+    vision encode must give the rows of the bf16 pixels bit for bit, and generation the same ids."""
+    from PIL import Image, ImageDraw
+    page = Image.new("RGB", (700, 420), "white")
+    ImageDraw.Draw(page).text((30, 40), "total 12.50 due", fill=(20, 30, 200))
+    plain = ocr.prepare(page, "<image>\nFree OCR.", mode="512:256:crop")
+    coded = ocr.prepare(page, "<image>\nFree OCR.", mode="512:256:crop", pixel_codes=True)
+    assert coded.global_view.dtype == torch.uint8 and coded.crops.shape[0] > 1
+    assert coded.global_view.element_size() * 2 == plain.global_view.element_size()
+    rows_plain, rows_coded = ocr.encode_images([plain, coded])
+    assert torch.equal(rows_plain, rows_coded)
+    outs = ocr.generate([plain, coded], max_new_tokens=12)
+    assert outs[0].token_ids == outs[1].token_ids

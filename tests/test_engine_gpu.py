@@ -148,3 +148,18 @@ def test_pinned_views_encode_as_the_pageable_ones(small_model, page, shared_dir,
     assert not pageable[0].global_view.is_pinned()
     for a, b in zip(encode_prepared(small_model.model, pageable), encode_prepared(small_model.model, pinned)):
         assert torch.equal(a, b)
+
+
+def test_pinned_uint8_levels_encode_as_the_bf16_pixels(small_model, page, shared_dir, golden):
+    """Views prepared as uint8 levels and pinned (what the server and the batch command send)
+    become the bf16 pixels on the GPU: the same vision rows as the bf16 views, with a page of each
+    kind joined in one encode."""
+    from deepseek_ocr.engine.transfer import pin_views
+    from deepseek_ocr.engine.vision_batch import encode_prepared
+    _, cases = golden
+    c = cases[CASE]
+    coded = pin_views(small_model.prepare(shared_dir / c["image"], c["prompt"], mode=c["mode"], pixel_codes=True),
+                      "cuda")
+    assert coded.global_view.dtype == torch.uint8 and coded.global_view.is_pinned()
+    plain_rows, coded_rows, mixed_rows = encode_prepared(small_model.model, [page, coded, page])
+    assert torch.equal(plain_rows, coded_rows) and torch.equal(plain_rows, mixed_rows)

@@ -72,6 +72,21 @@ def test_preprocessing_exact(name, prepared, golden):
 
 
 @pytest.mark.parametrize("name", CASES)
+def test_pixel_codes_give_the_official_pixels(name, golden, shared_dir, small_model):
+    # Views prepared as uint8 levels (what the server and the batch command send to the GPU)
+    # become the official bf16 pixels, bit for bit, where the vision tower converts them.
+    from deepseek_ocr.vision.pixels import pixels_from_codes
+    _, cases = golden
+    c = cases[name]
+    inp = small_model.prepare(shared_dir / c["image"], c["prompt"], mode=c["mode"], pixel_codes=True)
+    assert inp.global_view.dtype == torch.uint8 and inp.crops.dtype == torch.uint8
+    assert sha_bf16(pixels_from_codes(inp.global_view)) == c["images_ori_sha256_bf16"]
+    crops = (pixels_from_codes(inp.crops) if inp.crops.shape[0]
+             else torch.zeros(c["images_crop_shape"], dtype=torch.bfloat16))
+    assert sha_bf16(crops) == c["images_crop_sha256_bf16"]
+
+
+@pytest.mark.parametrize("name", CASES)
 def test_embeddings_and_prefill_logits(name, prepared, golden, small_model):
     f, _ = golden
     inp, _ = prepared[name]

@@ -181,4 +181,13 @@ def test_pixels_equal_the_float32_normalization_bit_for_bit():
     ours = to_pixels(views)
     assert ours.dtype == torch.bfloat16 and tuple(ours.shape) == (3, 3, 16, 16) and ours.is_contiguous()
     assert torch.equal(ours.view(torch.int16), official(views).view(torch.int16))
+    # the same views as uint8 levels, converted where the vision tower runs
+    from deepseek_ocr.processing.views import to_codes
+    from deepseek_ocr.vision.pixels import pixels_from_codes
+    codes = to_codes(views)
+    assert codes.dtype == torch.uint8 and tuple(codes.shape) == (3, 3, 16, 16)
+    assert torch.equal(codes[0].permute(1, 2, 0), torch.from_numpy(ramp))
+    assert torch.equal(pixels_from_codes(codes).view(torch.int16), official(views).view(torch.int16))
+    with pytest.raises(TypeError, match="uint8"):
+        pixels_from_codes(ours)
     assert ours[0, 0, 0, 0].item() == -1.0 and ours[0, 0, -1, -1].item() == 1.0

@@ -97,10 +97,13 @@ def test_the_setting_and_the_flag():
 @pytest.mark.parametrize("mode", ["gundam", "base"])
 def test_the_child_prepares_as_ocr_prepare(ocr, server, mode):
     data = page()
-    ref = ocr.prepare(data, PROMPT, resolve_mode(mode))
+    # as the server's preparing threads prepare: the views as uint8 levels
+    ref = ocr.prepare(data, PROMPT, resolve_mode(mode), pixel_codes=True)
     got = in_child(server, prepare_pool.prepare, data, PROMPT, resolve_mode(mode))
     for name in TENSORS:
         assert torch.equal(getattr(got, name), getattr(ref, name)), name
+    from deepseek_ocr.vision.pixels import pixels_from_codes
+    assert torch.equal(pixels_from_codes(got.global_view), ocr.prepare(data, PROMPT, resolve_mode(mode)).global_view)
     assert (got.prompt, got.mode, got.original_size, got.valid_vision_tokens) == \
            (ref.prompt, ref.mode, ref.original_size, ref.valid_vision_tokens)
     assert got.crops.shape[0] == (6 if mode == "gundam" else 0)

@@ -86,3 +86,20 @@ def test_frozen_sam_gets_no_gradient_and_clip_does():
     assert not any(n.startswith("model.sam_model.") for n in grads)
     assert any(n.startswith("model.vision_model.") for n in grads)
     assert "model.projector.layers.weight" in grads and "model.layers.0.mlp.down_proj.weight" in grads
+
+
+def test_the_loss_reads_uint8_levels_as_their_pixels():
+    # A sample prepared with `pixel_codes` (as the server and the batch command prepare) trains
+    # as the one with bf16 pixels: the same loss and gradients, alone or batched with it.
+    model = tiny_model()
+    page = _page()
+    plain = model.prepare(page, "<image>\nFree OCR.", mode="512:256:crop", answer="TOTAL 12.50")
+    coded = model.prepare(page, "<image>\nFree OCR.", mode="512:256:crop", answer="TOTAL 12.50", pixel_codes=True)
+    assert coded.global_view.dtype == torch.uint8
+    grads = []
+    for batch in ([plain, plain], [plain, coded]):
+        model.zero_grad()
+        loss = model.loss(batch)
+        loss.loss.backward()
+        grads.append((loss.loss.item(), model.model.vision.clip.transformer.layers[1].self_attn.qkv_proj.weight.grad.clone()))
+    assert grads[0][0] == grads[1][0] and torch.equal(grads[0][1], grads[1][1])

@@ -3,7 +3,8 @@
 Pages whose global views have one size are encoded in one call (their tiles stacked), so a group
 of Gundam pages admitted together costs one SAM/CLIP pass per view size instead of one per page.
 Pixels travel in the model's dtype (the prepared views are already bf16-rounded, so the cast is
-exact) from pinned host memory with asynchronous copies: the host goes on preparing the next
+exact), or as uint8 levels (`prepare(..., pixel_codes=True)`: half the bytes, converted on the
+device by the vision tower) from pinned host memory with asynchronous copies: the host goes on preparing the next
 group while the copy and the encode run. Callers that prepare on other threads pin the views
 there (`transfer.pin_views`), so the engine's thread does not copy pixels at all.
 """
@@ -15,14 +16,19 @@ import torch
 
 from ..modeling import DeepseekOCRModel
 from ..processing.prompt import PreparedInputs
+from ..vision.pixels import pixels_from_codes
 
 
 def _to_device(t: torch.Tensor, device: torch.device, dtype: torch.dtype) -> torch.Tensor:
-    t = t.to(dtype)
+    codes = t.dtype == torch.uint8  # uint8 levels travel as they are and become pixels there
+    if not codes:
+        t = t.to(dtype)
     if device.type == "cuda":
         # Views pinned where they were prepared (`transfer.pin_views`) go as they are.
-        return (t if t.is_pinned() else t.pin_memory()).to(device, non_blocking=True)
-    return t.to(device)
+        t = (t if t.is_pinned() else t.pin_memory()).to(device, non_blocking=True)
+    else:
+        t = t.to(device)
+    return pixels_from_codes(t).to(dtype) if codes else t
 
 
 @torch.inference_mode()

@@ -36,7 +36,8 @@ class PreparedInputs:
 
     Tensors follow the parity surface: `input_ids [T]` int64, `images_seq_mask [T]` bool,
     `images_spatial_crop [1, 2]` (`[w_tiles, h_tiles]`), `global_view [1, 3, B, B]` and
-    `crops [n, 3, S, S]` (bf16-rounded pixels; None / n = 0 where absent).
+    `crops [n, 3, S, S]` (bf16-rounded pixels, or their uint8 levels when prepared with
+    `pixel_codes`; None / n = 0 where absent).
     """
 
     input_ids: torch.Tensor

@@ -171,28 +171,49 @@ _LEVEL_BITS: np.ndarray | None = None
 
 def level_bits() -> np.ndarray:
     """The int16 bit patterns of the bf16 values of the 256 uint8 levels, computed with the
-    official float32 steps (uint8 / 255, then - 0.5, then / 0.5, then to bf16)."""
+    official float32 steps (uint8 / 255, then - 0.5, then / 0.5, then to bf16;
+    `vision.pixels.level_values`)."""
     global _LEVEL_BITS
     if _LEVEL_BITS is None:
         import torch
-        levels = torch.arange(256, dtype=torch.uint8).to(torch.float32).div(255)
-        _LEVEL_BITS = levels.sub(0.5).div(0.5).to(torch.bfloat16).view(torch.int16).numpy()
+        from ..vision.pixels import level_values
+        _LEVEL_BITS = level_values().view(torch.int16).numpy()
     return _LEVEL_BITS
+
+
+def to_codes(views: list[Image.Image]) -> torch.Tensor:
+    """RGB views -> `[N, 3, S, S]` uint8: each pixel's level per channel, the input of
+    `vision.pixels.pixels_from_codes` (which gives `to_pixels(views)` bit for bit). A sixth of
+    `to_pixels`' time (3 vs 16 ms for a Gundam page's seven views): the planes are copied, not
+    looked up, and the lookup happens where the pixels are used."""
+    import torch
+    out = np.empty((len(views), 3, views[0].height, views[0].width), dtype=np.uint8)
+    for i, view in enumerate(views):
+        if view.size != views[0].size:
+            raise ValueError(f"to_codes stacks views of one size: view {i} is {view.size}, view 0 {views[0].size}")
+        if view.mode != "RGB":
+            view = view.convert("RGB")
+        for c, plane in enumerate(view.split()):
+            out[i, c] = np.asarray(plane, dtype=np.uint8)
+    return torch.from_numpy(out)
 
 
 @dataclass
 class Views:
     """The pixel views of one image and the facts the prompt layout needs."""
 
-    global_view: torch.Tensor  # (1, 3, B, B) bf16
-    crops: torch.Tensor  # (n, 3, S, S) bf16, n = 0 without tiles
+    global_view: torch.Tensor  # (1, 3, B, B) bf16 (uint8 levels with `codes`)
+    crops: torch.Tensor  # (n, 3, S, S) bf16 (uint8 levels with `codes`), n = 0 without tiles
     tiles: tuple[int, int]  # (w_tiles, h_tiles); (1, 1) without tiles
     original_size: tuple[int, int]  # (width, height) of the loaded image
 
 
-def make_views(image: Image.Image, mode: Mode) -> Views:
-    """Cut a loaded RGB image into the views of `mode` (DESIGN.md section 2)."""
+def make_views(image: Image.Image, mode: Mode, *, codes: bool = False) -> Views:
+    """Cut a loaded RGB image into the views of `mode` (DESIGN.md section 2): bf16 pixels, or
+    with `codes` their uint8 levels (`to_codes`; the vision tower converts them)."""
     import torch
+    convert = to_codes if codes else to_pixels
+    kind = torch.uint8 if codes else torch.bfloat16
     if image.width < 1 or image.height < 1:
         raise InvalidImageError(f"image has no pixels ({image.width}x{image.height})")
     size = image.size
@@ -200,17 +221,17 @@ def make_views(image: Image.Image, mode: Mode) -> Views:
         if mode.image_size <= 640:
             image = image.resize((mode.image_size, mode.image_size))  # aspect not kept (official)
         view = pad_to_square(image, mode.image_size)
-        empty = torch.zeros(0, 3, mode.image_size, mode.image_size, dtype=torch.bfloat16)
-        return Views(to_pixels([view]), empty, (1, 1), size)
+        empty = torch.zeros(0, 3, mode.image_size, mode.image_size, dtype=kind)
+        return Views(convert([view]), empty, (1, 1), size)
     tile = mode.image_size
     if image.width <= tile and image.height <= tile:
         tiles, grid = [], (1, 1)
     else:
         tiles, grid = tile_image(image, tile, mode.min_tiles, mode.max_tiles)
-    global_view = to_pixels([pad_to_square(image, mode.base_size)])
+    global_view = convert([pad_to_square(image, mode.base_size)])
     if grid == (1, 1):  # a 1x1 grid (possible with min_tiles=1) carries no extra detail
         tiles = []
-    crops = to_pixels(tiles) if tiles else torch.zeros(0, 3, tile, tile, dtype=torch.bfloat16)
+    crops = convert(tiles) if tiles else torch.zeros(0, 3, tile, tile, dtype=kind)
     return Views(global_view, crops, grid, size)
 
 

@@ -163,8 +163,10 @@ class Backend:
         return await self.run_cpu(self.prepare_here, image, prompt, mode, param=param)
 
     def prepare_here(self, image, prompt: str, mode) -> PreparedInputs:
-        """`ocr.prepare` on this (preparing) thread, the views then pinned for the GPU's copy."""
-        return pin_views(self.ocr.prepare(image, prompt, mode), self.ocr.device)
+        """`ocr.prepare` on this (preparing) thread, the views as uint8 levels (half the bytes of
+        bf16 pixels to pin and copy; the engine's vision encode converts them on the device) and
+        pinned for the GPU's copy."""
+        return pin_views(self.ocr.prepare(image, prompt, mode, pixel_codes=True), self.ocr.device)
 
     def check_budget(self, inputs: PreparedInputs, options: GenerationOptions, param: str = "max_tokens") -> None:
         """Refuse (422) a request whose prompt + max tokens cannot fit the context, before it queues."""

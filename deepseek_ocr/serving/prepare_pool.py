@@ -100,10 +100,11 @@ def ready(tokenizer) -> int:
 
 
 def prepare(data: bytes | None, prompt: str, mode) -> PreparedInputs:
-    """In a child: `ocr.prepare(data, prompt, mode)`."""
+    """In a child: `ocr.prepare(data, prompt, mode)` with the views as uint8 levels (as the
+    server's threads prepare them)."""
     if _preparer is None:
         raise RuntimeError("prepare_pool.prepare runs in a pool's child process only")
-    return _preparer.prepare(data, prompt, mode)
+    return _preparer.prepare(data, prompt, mode, pixel_codes=True)
 
 
 def prepare_data_url(url: str, param: str, prompt: str, mode) -> PreparedInputs:

@@ -36,6 +36,7 @@ from ..decoder.moe import MoE
 from ..errors import DeepseekOCRError
 from ..modeling import DeepseekOCRModel
 from ..processing.prompt import IGNORE_INDEX, PreparedInputs
+from ..vision.pixels import pixels_from_codes
 from .chunked_ce import linear_cross_entropy_sum
 
 
@@ -117,7 +118,9 @@ def encode_vision(model: DeepseekOCRModel, batch: Sequence[PreparedInputs],
                 term = vision.layout(vision.encode_views(blank)[0], None, (1, 1)).sum() * 0.0
                 keep_alive = term if keep_alive is None else keep_alive + term
                 continue
-            tokens = vision.encode_views(torch.cat([v for _, _, v in views]).to(device))
+            # (views prepared as uint8 levels become their bf16 pixels first: a batch may mix both)
+            tokens = vision.encode_views(torch.cat([pixels_from_codes(v) if v.dtype == torch.uint8 else v
+                                                    for _, _, v in views]).to(device))
             for (i, kind, v), chunk in zip(views, tokens.split([v.shape[0] for _, _, v in views])):
                 encoded[(i, kind)] = chunk
         for i in todo:

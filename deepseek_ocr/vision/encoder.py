@@ -15,6 +15,7 @@ from torch import nn
 
 from ..config import ModelConfig
 from .clip import ClipEncoder
+from .pixels import pixels_from_codes
 from .sam import SamEncoder
 
 
@@ -34,7 +35,10 @@ class VisionEncoder(nn.Module):
         return self.projector.layers.weight.dtype
 
     def encode_views(self, pixels: torch.Tensor, taps: dict | None = None) -> torch.Tensor:
-        """Square views `[N, 3, S, S]` -> projected tokens `[N, q*q, n_embed]`, q = S/64."""
+        """Square views `[N, 3, S, S]` (bf16-rounded pixels, or their uint8 levels: see
+        pixels.py) -> projected tokens `[N, q*q, n_embed]`, q = S/64."""
+        if pixels.dtype == torch.uint8:
+            pixels = pixels_from_codes(pixels)
         pixels = pixels.to(self.dtype)
         sam_map = self.sam(pixels, taps)  # (N, 1024, q, q)
         clip_out = self.clip(sam_map)  # (N, 1 + q*q, 1024)
