@@ -29,6 +29,7 @@ predictions. The time budget counts training steps only; evaluations are timed s
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import json
 import math
@@ -55,13 +56,15 @@ from deepseek_ocr.processing.prompt import PreparedInputs, build_inputs, with_an
 from deepseek_ocr.processing.tokenizer import Tokenizer  # noqa: E402
 from deepseek_ocr.processing.views import make_views, resolve_mode, to_pixels  # noqa: E402
 from deepseek_ocr.training.optim import param_groups  # noqa: E402
+from deepseek_ocr.training.precision import MasterWeights, matmul_weights  # noqa: E402
 from deepseek_ocr.training.trainable import set_trainable, summarize as summarize_trainable  # noqa: E402
 from deepseek_ocr.weights.random import make_random_checkpoint  # noqa: E402
 
 PROMPT = "<image>\nFree OCR."
 # Settings a resumed call may change: where it writes, how long this call trains, how often it
 # evaluates, how many loader workers it starts, profiling.
-RESUMABLE_CHANGES = ("out", "stop_after", "state", "resume", "max_steps", "eval_every", "workers", "profile")
+RESUMABLE_CHANGES = ("out", "stop_after", "state", "resume", "max_steps", "eval_every", "workers", "profile",
+                     "master_weights")  # bf16 copies of float32 masters: the same arithmetic as autocast's casts
 
 
 class Lines:
@@ -199,7 +202,7 @@ def scale_residual_outputs(model: torch.nn.Module, scale: float) -> int:
     return n
 
 
-def profile_steps(ocr, batch, opt, params, amp, a) -> None:
+def profile_steps(ocr, batch, opt, params, amp, a, masters=None) -> None:
     """Three more steps on the last batch under torch.profiler; the tables go to `a.profile`."""
     from torch.profiler import ProfilerActivity, profile
     cuda = torch.cuda.is_available() and not a.smoke
@@ -210,9 +213,13 @@ def profile_steps(ocr, batch, opt, params, amp, a) -> None:
             with amp:
                 res = ocr.loss(batch, gradient_checkpointing=a.gradient_checkpointing)
             res.loss.backward()
+            if masters:
+                masters.gather_grads()
             torch.nn.utils.clip_grad_norm_(params, a.clip)
             opt.step()
             opt.zero_grad(set_to_none=True)
+            if masters:
+                masters.refresh()
         if cuda:
             torch.cuda.synchronize()
     wall = time.perf_counter() - t
@@ -227,7 +234,7 @@ def profile_steps(ocr, batch, opt, params, amp, a) -> None:
 
 
 def tower_and_rest_optimizer(model: torch.nn.Module, lr: float, weight_decay: float,
-                             tower_lr_scale: float) -> torch.optim.AdamW:
+                             tower_lr_scale: float, substitute=None) -> torch.optim.AdamW:
     """AdamW (the library's decay / no-decay groups) with the vision tower (SAM, CLIP) at
     `tower_lr_scale` times the learning rate of the rest (projector, decoder); each group's
     `lr_scale` multiplies the schedule's rate."""
@@ -236,7 +243,7 @@ def tower_and_rest_optimizer(model: torch.nn.Module, lr: float, weight_decay: fl
     rest = [(n, p) for n, p in named if not n.startswith(("vision.sam.", "vision.clip."))]
     groups = []
     for part, scale in ((tower, tower_lr_scale), (rest, 1.0)):
-        for g in param_groups(part, weight_decay):
+        for g in param_groups(part, weight_decay, substitute):
             g["lr_scale"] = scale
             groups.append(g)
     fused = all(p.is_cuda for _, p in named)
@@ -340,6 +347,8 @@ def main(argv=None):
     ap.add_argument("--inter", type=int, default=1536)
     ap.add_argument("--workers", type=int, default=min(12, os.cpu_count() or 1))
     ap.add_argument("--gradient-checkpointing", action="store_true")
+    ap.add_argument("--no-master-weights", dest="master_weights", action="store_false",
+                    help="float32 weights cast by autocast at every use (default on CUDA: bf16 copies of float32 masters)")
     ap.add_argument("--preset", default="paper", choices=("all", "paper", "tower-frozen"),
                     help="what trains: everything; the paper's stage 2 (SAM and its compressor frozen at "
                          "their random init; CLIP, the projector and the decoder trained); or tower-frozen "
@@ -387,8 +396,14 @@ def main(argv=None):
     held_rng = random.Random(10**6 + a.seed)  # never a training worker's seed
     held = [lines.sample(held_rng, answer=False) for _ in range(a.eval_samples)]
     max_new = 2 * max(len(ocr.tokenizer.encode(t)) for _, t in held) + 8
-    opt = tower_and_rest_optimizer(ocr.model, a.lr, 0.01, a.tower_lr_scale)
-    params = [p for p in ocr.model.parameters() if p.requires_grad]
+    # As the trainer (training/precision.py): on CUDA the matmul weights train as bf16 copies of
+    # their float32 masters, rounded once per step rather than cast by autocast at every use.
+    masters = None
+    if device.type == "cuda" and a.master_weights:
+        masters = MasterWeights([p for _, p in matmul_weights(ocr.model, exclude=(ocr.model.decoder.lm_head,))])
+    opt = tower_and_rest_optimizer(ocr.model, a.lr, 0.01, a.tower_lr_scale,
+                                   substitute=masters.master_of if masters else None)
+    params = [masters.master_of(p) if masters else p for p in ocr.model.parameters() if p.requires_grad]
     amp = torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else torch.autocast("cpu", enabled=False)
     budget = a.minutes * 60
     stop_s = budget if a.stop_after is None else min(budget, a.stop_after * 60)
@@ -415,7 +430,8 @@ def main(argv=None):
                                          pin_memory=device.type == "cuda")
 
     def run_eval():
-        res = evaluate(ocr, held, min(a.eval_samples, 64), max_new)
+        with masters.float32() if masters else contextlib.nullcontext():  # the float32 weights
+            res = evaluate(ocr, held, min(a.eval_samples, 64), max_new)
         res.update(step=step, train_seconds=round(train_s, 1), samples=samples)
         log["evals"].append(res)
         wer = "n/a" if res["wer"] is None else f"{res['wer']:.3f}"
@@ -426,6 +442,8 @@ def main(argv=None):
 
     if not a.resume:
         run_eval()
+    if masters:
+        masters.to_compute()  # after load_state, which wrote the masters
     for packed in loader:
         batch = [from_numpy(d, device) for d in packed]
         if train_s >= stop_s or (a.max_steps is not None and step >= a.max_steps):
@@ -438,9 +456,13 @@ def main(argv=None):
         with amp:
             res = ocr.loss(batch, gradient_checkpointing=a.gradient_checkpointing)
         res.loss.backward()
+        if masters:
+            masters.gather_grads()
         gnorm = torch.nn.utils.clip_grad_norm_(params, a.clip)
         opt.step()
         opt.zero_grad(set_to_none=True)
+        if masters:
+            masters.refresh()
         ce = float(res.ce.detach())
         if device.type == "cuda":
             torch.cuda.synchronize()
@@ -458,9 +480,11 @@ def main(argv=None):
         if step % a.eval_every == 0:
             run_eval()
         if a.profile and step == (2 if a.smoke else 20):
-            profile_steps(ocr, batch, opt, params, amp, a)
+            profile_steps(ocr, batch, opt, params, amp, a, masters)
     if not log["evals"] or log["evals"][-1]["step"] != step:
         run_eval()
+    if masters:
+        masters.to_master()  # the float32 weights, for the state saved below
     log["wall_seconds"] = round(wall_before + time.perf_counter() - t_wall, 1)
     if train_s < budget and a.stop_after is not None:
         save_state(state_dir, ocr.model, opt, {"train_s": train_s, "step": step, "samples": samples,
