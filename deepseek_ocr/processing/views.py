@@ -154,16 +154,21 @@ def to_pixels(views: list[Image.Image]) -> torch.Tensor:
     import torch
     bits = level_bits()
     out = np.empty((len(views), 3, views[0].height, views[0].width), dtype=np.int16)
+    for i, c, plane in _channel_planes(views, "to_pixels"):
+        np.take(bits, plane, out=out[i, c])
+    return torch.from_numpy(out).view(torch.bfloat16)
+
+
+def _channel_planes(views: list[Image.Image], caller: str):
+    """(view index, channel, `[S, S]` uint8 plane) of RGB views of one size. One plane per channel
+    (PIL splits them): each is read and written contiguously, and lands channels first."""
     for i, view in enumerate(views):
         if view.size != views[0].size:
-            raise ValueError(f"to_pixels stacks views of one size: view {i} is {view.size}, view 0 {views[0].size}")
+            raise ValueError(f"{caller} stacks views of one size: view {i} is {view.size}, view 0 {views[0].size}")
         if view.mode != "RGB":
             view = view.convert("RGB")
-        # One plane per channel (PIL splits them): each lookup reads and writes contiguously,
-        # and lands channels first.
         for c, plane in enumerate(view.split()):
-            np.take(bits, np.asarray(plane, dtype=np.uint8), out=out[i, c])
-    return torch.from_numpy(out).view(torch.bfloat16)
+            yield i, c, np.asarray(plane, dtype=np.uint8)
 
 
 _LEVEL_BITS: np.ndarray | None = None
@@ -188,13 +193,8 @@ def to_codes(views: list[Image.Image]) -> torch.Tensor:
     looked up, and the lookup happens where the pixels are used."""
     import torch
     out = np.empty((len(views), 3, views[0].height, views[0].width), dtype=np.uint8)
-    for i, view in enumerate(views):
-        if view.size != views[0].size:
-            raise ValueError(f"to_codes stacks views of one size: view {i} is {view.size}, view 0 {views[0].size}")
-        if view.mode != "RGB":
-            view = view.convert("RGB")
-        for c, plane in enumerate(view.split()):
-            out[i, c] = np.asarray(plane, dtype=np.uint8)
+    for i, c, plane in _channel_planes(views, "to_codes"):
+        out[i, c] = plane
     return torch.from_numpy(out)
 
 
