@@ -210,6 +210,32 @@ def test_master_weights_train_as_autocast_casts_do(tmp_path, ocr, base, samples)
         assert torch.equal(runs[True][1][name], value), name
 
 
+def test_lora_base_in_bf16_trains_as_autocast_casts_do(tmp_path, ocr, base, samples):
+    # LoRA with bf16 compute: the decoder's frozen base, once its values are bf16 values (as the
+    # official checkpoint's are), is held in bf16 while training, float32 again after; the run
+    # equals autocast's casts of the float32 base bit for bit.
+    common = dict(lora_r=4, lora_alpha=8, dtype="bfloat16", lr=5e-3, max_steps=3, batch_size=2, grad_accum=2,
+                  warmup_steps=1)
+    runs = {}
+    for on in (False, True):
+        _reset(ocr, base)
+        with torch.no_grad():
+            for p in ocr.model.decoder.parameters():
+                p.copy_(p.to(torch.bfloat16).float())
+        seen = []
+        def watch(trainer, record):
+            seen.append(ocr.model.decoder.layers[0].self_attn.q_proj.weight.dtype)
+        result = Trainer(ocr, _cfg(tmp_path, f"lora-bf16-{on}", master_weights=on, **common), samples,
+                         on_step=watch).train()
+        runs[on] = (result.losses, _trained(ocr), seen)
+        assert ocr.model.decoder.layers[0].self_attn.q_proj.weight.dtype == torch.float32
+    assert runs[True][2] == [torch.bfloat16] * 3 and runs[False][2] == [torch.float32] * 3
+    assert runs[True][0] == runs[False][0]
+    assert runs[True][1].keys() == runs[False][1].keys() and all(".lora_" in n for n in runs[True][1])
+    for name, value in runs[False][1].items():
+        assert torch.equal(runs[True][1][name], value), name
+
+
 class _Preparing:
     """The four samples of the `samples` fixture, prepared when read (as `SampleDataset` does),
     recording the threads that read them; the fixture's vision rows are attached after."""

@@ -190,3 +190,40 @@ def test_the_whole_model_trains_alike_with_masters():
     assert runs[1][0] == runs[0][0]
     for name, value in runs[0][1].items():
         assert runs[1][1][name].dtype == torch.float32 and torch.equal(runs[1][1][name], value), name
+
+
+def test_frozen_weights_that_bf16_holds_are_stored_in_bf16():
+    # A LoRA run's base: frozen, no master. A weight whose float32 values are bf16 values is held
+    # in bf16 while training (what autocast computes from it) and widened back exactly; one that
+    # bf16 cannot hold stays float32.
+    torch.manual_seed(0)
+    ref, net = _Net(), _Net()
+    with torch.no_grad():
+        ref.fc.weight.copy_(ref.fc.weight.to(torch.bfloat16).float())  # bf16-exact
+    net.load_state_dict(ref.state_dict())
+    for m in (ref, net):
+        m.fc.weight.requires_grad_(False)
+        m.conv.weight.requires_grad_(False)  # random float32: not bf16-exact
+    frozen_fc = net.fc.weight.detach().clone()
+    trained = [p for p in net.parameters() if p.requires_grad]
+    masters = MasterWeights([p for _, p in matmul_weights(net)], frozen=[net.fc.weight, net.conv.weight])
+    assert masters.frozen == [net.fc.weight]
+    opt = torch.optim.AdamW([masters.master_of(p) for p in trained], lr=1e-2)
+    ref_opt = torch.optim.AdamW([p for p in ref.parameters() if p.requires_grad], lr=1e-2)
+    masters.to_compute()
+    assert net.fc.weight.dtype == torch.bfloat16 and net.conv.weight.dtype == torch.float32
+    for x, y in _batches(3, seed=1):
+        for model, o in ((ref, ref_opt), (net, opt)):
+            loss = _loss(model, x, y)
+            loss.backward()
+            if model is net:
+                masters.gather_grads()
+            o.step()
+            o.zero_grad(set_to_none=True)
+        masters.refresh()
+    with masters.float32():
+        assert net.fc.weight.dtype == torch.float32 and torch.equal(net.fc.weight, frozen_fc)
+    assert net.fc.weight.dtype == torch.bfloat16
+    masters.to_master()
+    for (name, a), b in zip(ref.named_parameters(), net.parameters()):
+        assert b.dtype == torch.float32 and torch.equal(a, b), name

@@ -25,6 +25,11 @@ and it is cast once per pass anyway). Norm gains and biases, embeddings and the 
 float32: autocast leaves them float32 (or the code computes them in float32), so holding them in
 bf16 would change the arithmetic, not save casts.
 
+Frozen matmul weights of the decoder (a LoRA run's base) get no master: where bf16 holds their
+float32 values exactly (the official checkpoint is bf16) they are stored in bf16 while training,
+widened back exactly by `float32()` and `to_master()`; that is the same arithmetic, half the
+memory of the base and none of its casts.
+
 Single process only: DDP buckets gradients by the parameters' dtype when it wraps the model,
 so their data cannot change dtype afterwards (under DDP or FSDP the trainer keeps autocast).
 """
@@ -41,15 +46,17 @@ from ..decoder.moe import StackedExperts
 _MATMUL_MODULES = (nn.Linear, nn.Conv2d, StackedExperts)
 
 
-def matmul_weights(model: nn.Module, *, exclude: tuple[nn.Module, ...] = ()) -> list[tuple[str, nn.Parameter]]:
-    """The trainable float32 matmul weights and biases of `model` (see the module docstring), by name."""
+def matmul_weights(model: nn.Module, *, exclude: tuple[nn.Module, ...] = (),
+                   trainable: bool = True) -> list[tuple[str, nn.Parameter]]:
+    """The float32 matmul weights and biases of `model` (see the module docstring), by name: the
+    trainable ones, or with `trainable=False` the frozen ones."""
     skip = {id(m) for m in exclude}
     out = []
     for mod_name, mod in model.named_modules():
         if not isinstance(mod, _MATMUL_MODULES) or id(mod) in skip:
             continue
         for name, p in mod.named_parameters(recurse=False):
-            if not p.requires_grad or p.dtype != torch.float32:
+            if p.requires_grad != trainable or p.dtype != torch.float32:
                 continue
             out.append((f"{mod_name}.{name}" if mod_name else name, p))
     return out
@@ -59,11 +66,17 @@ class MasterWeights:
     """Float32 masters of `params`, which train on bf16 (or float16) copies. See the module
     docstring for the life cycle; `masters[i]` is what the optimizer must step for `params[i]`."""
 
-    def __init__(self, params: list[nn.Parameter], dtype: torch.dtype = torch.bfloat16):
-        if len({id(p) for p in params}) != len(params):
+    def __init__(self, params: list[nn.Parameter], dtype: torch.dtype = torch.bfloat16,
+                 frozen: list[nn.Parameter] = ()):
+        if len({id(p) for p in [*params, *frozen]}) != len(params) + len(frozen):
             raise ValueError("a parameter is listed twice")
         self.params = list(params)
         self.dtype = dtype
+        # Frozen weights need no master: those whose float32 values bf16 holds exactly (the
+        # official checkpoint is bf16) are simply stored in bf16 while training, which is what
+        # autocast would compute from them, and widened back, exactly, afterwards. For LoRA that
+        # halves the base's memory and drops its casts.
+        self.frozen = [p for p in frozen if torch.equal(p.detach(), p.detach().to(dtype).float())]
         # The masters are the parameters' own float32 tensors: no copy until `to_compute()`.
         self.masters = [p.detach() for p in self.params]
         self._master_of = {id(p): m for p, m in zip(self.params, self.masters)}
@@ -86,11 +99,15 @@ class MasterWeights:
             self._compute = [m.to(self.dtype) for m in self.masters]
         for p, c in zip(self.params, self._compute):
             p.data = c
+        for p in self.frozen:
+            p.data = p.data.to(self.dtype)
 
     def to_master(self) -> None:
         """Parameters -> their float32 masters, for good (the bf16 copies are freed)."""
         for p, m in zip(self.params, self.masters):
             p.data = m
+        for p in self.frozen:
+            p.data = p.data.float()
         self._compute = None
         self._grads = [None] * len(self.params)
 
@@ -102,11 +119,16 @@ class MasterWeights:
             return
         for p, m in zip(self.params, self.masters):
             p.data = m
+        narrow = [p.data for p in self.frozen]
+        for p in self.frozen:  # widened copies for the block (exact: bf16 held these values)
+            p.data = p.data.float()
         try:
             yield
         finally:
             for p, c in zip(self.params, self._compute):
                 p.data = c
+            for p, n in zip(self.frozen, narrow):
+                p.data = n
 
     # ---------------------------------------------------------------------------- one step
     def gather_grads(self) -> None:
@@ -152,7 +174,8 @@ class Precision:
     """The trainer's mixed precision, from its `dtype` setting ("auto", "bfloat16", "float32"):
     bf16 autocast on CUDA ("auto" or "bfloat16") and anywhere with "bfloat16"; with bf16 compute,
     `master_weights` on and one process, the trainable matmul weights of `model` (its output
-    projection aside) train as bf16 copies of float32 masters (`MasterWeights`)."""
+    projection aside) train as bf16 copies of float32 masters (`MasterWeights`), and the decoder's
+    frozen ones (a LoRA run's base) are held in bf16 where that is exact."""
 
     def __init__(self, dtype: str, device: torch.device, model: nn.Module, *, master_weights: bool,
                  distributed: bool):
@@ -162,8 +185,12 @@ class Precision:
         self.masters: MasterWeights | None = None
         if bf16 and master_weights and not distributed:
             chosen = matmul_weights(model, exclude=(model.decoder.lm_head,))
-            if chosen:
-                self.masters = MasterWeights([p for _, p in chosen], self.compute_dtype)
+            # The decoder's only: a frozen vision tower is also run outside autocast (the rows
+            # cached by `cache_vision`), where its dtype would decide the arithmetic.
+            frozen = matmul_weights(model.decoder, exclude=(model.decoder.lm_head,), trainable=False)
+            if chosen or frozen:
+                self.masters = MasterWeights([p for _, p in chosen], self.compute_dtype,
+                                             frozen=[p for _, p in frozen])
 
     def autocast(self) -> ContextManager:
         """bf16 autocast when the compute is bf16; nothing otherwise."""
