@@ -38,6 +38,14 @@ PY
       --out /tmp/run --quiet --json > "$OUT/train_cli.json" 2> "$OUT/train_cli.err"
     echo "train rc=$?"; tail -c 1500 "$OUT/train_cli.json"; tail -5 "$OUT/train_cli.err"
     ls /tmp/run /tmp/run/checkpoints /tmp/run/model 2>&1 | head -20
+    # LoRA (the base held in bf16 while training), resumed once from its checkpoint at step 3
+    timeout 120 "$PY" -m deepseek_ocr train --model /tmp/small --data /tmp/pages/train --eval-data /tmp/pages/held \
+      --lora-r 8 --mode tiny --max-steps 3 --batch-size 4 --checkpoint-every 3 --out /tmp/lora --quiet --json \
+      > "$OUT/train_lora.json" 2> "$OUT/train_lora.err"
+    timeout 120 "$PY" -m deepseek_ocr train --model /tmp/small --data /tmp/pages/train --eval-data /tmp/pages/held \
+      --lora-r 8 --mode tiny --max-steps 6 --batch-size 4 --checkpoint-every 3 --out /tmp/lora --resume auto --quiet \
+      --json >> "$OUT/train_lora.json" 2>> "$OUT/train_lora.err"
+    echo "lora rc=$?"; tail -c 800 "$OUT/train_lora.json"; tail -3 "$OUT/train_lora.err"
     ;;
   server)  # 3. the engine's GPU tests (pinned uint8 views among them), bench_prepare on the host,
            #    and the server at concurrency 256 (views as uint8 levels) with the TTFT split into
