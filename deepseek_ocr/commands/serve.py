@@ -35,6 +35,20 @@ def _positive(kind):
     return parse
 
 
+def engine_settings(args, devices: list[str]) -> dict:
+    """The `Engine(...)` keywords the options ask for (the engine's defaults otherwise)."""
+    kw = {}
+    if args.max_slots:
+        kw["max_slots"] = args.max_slots
+    if args.prefill_tokens:
+        kw["prefill_tokens"] = args.prefill_tokens
+    if args.kv_cache == "preallocate" and any(d.startswith("cuda") for d in devices):
+        # The engine caps its pool at what every slot's full context needs, or 60% of the
+        # memory free after loading: asking for more than that starts it at that cap.
+        kw["initial_blocks"] = 2**31
+    return kw
+
+
 def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(
         prog="deepseek-ocr serve",
@@ -56,6 +70,9 @@ def build_parser() -> argparse.ArgumentParser:
       help="allow browser calls from ORIGIN (repeatable; default: CORS off)")
     a("--allow-fetch", action="store_true", help="fetch http(s) image_url values (default: data: URLs only)")
     a("--max-slots", type=_positive(int), help="requests decoding at once per engine (default 256 on GPU, 16 on CPU)")
+    a("--prefill-tokens", type=_positive(int), default=None,
+      help="prompt tokens admitted per engine step (default 8192: eight to nine Gundam pages); more "
+           "admits larger groups of pages per vision encode, each pausing the running requests longer")
     a("--kv-cache", choices=("preallocate", "grow"), default="preallocate",
       help="on a GPU, allocate the KV cache pool at its full size at start (default: no pool growth, "
            "which would recapture every CUDA graph, in the middle of serving) or start small and grow")
@@ -168,12 +185,7 @@ def main(argv: list[str] | None = None) -> int:
     models = _load(args, devices)
     if models is None:
         return EXIT_USAGE
-    engine_kwargs = {"max_slots": args.max_slots} if args.max_slots else {}
-    if args.kv_cache == "preallocate" and any(d.startswith("cuda") for d in devices):
-        # The engine caps its pool at what every slot's full context needs, or 60% of the
-        # memory free after loading: asking for more than that starts it at that cap.
-        engine_kwargs["initial_blocks"] = 2**31
-    backend = Backend(models, config, engine_kwargs=engine_kwargs)
+    backend = Backend(models, config, engine_kwargs=engine_settings(args, devices))
     say(f"deepseek-ocr serve: {config.model_name} on {', '.join(devices)} "
         f"({len(models)} engine(s)); http://{args.host}:{args.port}/ (web page), /v1/chat/completions, /v1/ocr")
     if args.model == "random":
