@@ -61,6 +61,11 @@ PY
     timeout 110 "$PY" benchmarks/bench_server.py --model /tmp/full --concurrency 256 --requests 256 --max-tokens 1000 \
       --out "$OUT/bench_server_split.json" > "$OUT/bench_server_split.log" 2>&1
     tail -3 "$OUT/bench_server_split.log"
+    # the same with twice the admission budget per step (16-18 Gundam pages per vision encode)
+    timeout 110 "$PY" benchmarks/bench_server.py --model /tmp/full --concurrency 256 --requests 256 --max-tokens 1000 \
+      --serve-arg=--prefill-tokens --serve-arg=16384 --out "$OUT/bench_server_prefill16k.json" \
+      > "$OUT/bench_server_prefill16k.log" 2>&1
+    tail -3 "$OUT/bench_server_prefill16k.log"
     ;;
   learn10a|learn10b)
     L=(--minutes 10 --preset paper --lr 3e-4 --batch 64 --workers 12 --eval-every 750 --state .learning_state
