@@ -66,6 +66,11 @@ PY
       --serve-arg=--prefill-tokens --serve-arg=16384 --out "$OUT/bench_server_prefill16k.json" \
       > "$OUT/bench_server_prefill16k.log" 2>&1
     tail -3 "$OUT/bench_server_prefill16k.log"
+    # arrivals gathered into groups of 8 (up to 16 steps, ~0.2 s) before their encode
+    timeout 110 "$PY" benchmarks/bench_server.py --model /tmp/full --concurrency 256 --requests 256 --max-tokens 1000 \
+      --serve-arg=--admit-gather-steps --serve-arg=16 --out "$OUT/bench_server_gather16.json" \
+      > "$OUT/bench_server_gather16.log" 2>&1
+    tail -3 "$OUT/bench_server_gather16.log"
     ;;
   learn10a|learn10b)
     L=(--minutes 10 --preset paper --lr 3e-4 --batch 64 --workers 12 --eval-every 750 --state .learning_state

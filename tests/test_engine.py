@@ -328,6 +328,40 @@ def test_admission_waits_for_a_group_of_free_slots_while_others_decode(ocr):
         assert got == alone(ocr, prompt, max_new_tokens=n, ignore_eos=True, no_repeat_ngram_size=None).token_ids
 
 
+def test_admission_can_gather_arrivals_into_a_group(ocr):
+    """`admit_gather_steps`: with a request decoding, one newly arrived request waits (up to that
+    many steps) for a second one, and both start together; with nothing running, or without the
+    option, a lone arrival starts at once. Outputs are each request's alone."""
+    def trace(gather):
+        eng = Engine(ocr.model, ocr.tokenizer, max_slots=8, admit_group=2, admit_gather_steps=gather)
+        opts = options(max_new_tokens=30, ignore_eos=True, no_repeat_ngram_size=None)
+        first = eng.submit(ocr.prepare(None, PROMPTS[0]), opts)
+        eng.step()  # nothing running: admitted at once whatever the setting
+        assert first.slot is not None
+        late = [eng.submit(ocr.prepare(None, PROMPTS[1]), opts)]
+        started = {}
+        for step in range(1, 40):
+            if step == 4:  # a second arrival three steps later
+                late.append(eng.submit(ocr.prepare(None, PROMPTS[2]), opts))
+            eng.step()
+            for i, r in enumerate(late):
+                if r.slot is not None and i not in started:
+                    started[i] = step
+        while eng.has_work:
+            eng.step()
+        return started, [r.token_ids for r in [first, *late]]
+
+    eager, outs_eager = trace(0)
+    assert eager == {0: 1, 1: 4}  # each admitted at its first step
+    gathered, outs = trace(10)
+    assert gathered == {0: 4, 1: 4}  # the first waited three steps for the second
+    capped, outs_capped = trace(2)
+    assert capped == {0: 3, 1: 6}  # each waited its two steps, then went alone
+    assert outs == outs_eager == outs_capped
+    for prompt, got in zip(PROMPTS, outs):
+        assert got == alone(ocr, prompt, max_new_tokens=30, ignore_eos=True, no_repeat_ngram_size=None).token_ids
+
+
 def test_capturing_graphs_is_a_no_op_without_cuda_graphs(ocr):
     eng = Engine(ocr.model, ocr.tokenizer, max_slots=4, use_graphs=False)
     assert eng.capture_graphs() == 0 and not eng.graphs._graphs

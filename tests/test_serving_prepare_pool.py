@@ -96,8 +96,9 @@ def test_the_setting_and_the_flag():
 
 def test_engine_options_reach_the_engine():
     from deepseek_ocr.commands.serve import engine_settings
-    args = build_parser().parse_args(["--prefill-tokens", "16384", "--max-slots", "64"])
-    assert engine_settings(args, ["cuda:0"]) == {"max_slots": 64, "prefill_tokens": 16384, "initial_blocks": 2**31}
+    args = build_parser().parse_args(["--prefill-tokens", "16384", "--max-slots", "64", "--admit-gather-steps", "6"])
+    assert engine_settings(args, ["cuda:0"]) == {"max_slots": 64, "prefill_tokens": 16384, "admit_gather_steps": 6,
+                                                 "initial_blocks": 2**31}
     assert engine_settings(build_parser().parse_args([]), ["cpu"]) == {}
     assert engine_settings(build_parser().parse_args(["--kv-cache", "grow"]), ["cuda:0"]) == {}
     with pytest.raises(SystemExit):

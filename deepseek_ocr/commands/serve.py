@@ -42,6 +42,8 @@ def engine_settings(args, devices: list[str]) -> dict:
         kw["max_slots"] = args.max_slots
     if args.prefill_tokens:
         kw["prefill_tokens"] = args.prefill_tokens
+    if args.admit_gather_steps:
+        kw["admit_gather_steps"] = args.admit_gather_steps
     if args.kv_cache == "preallocate" and any(d.startswith("cuda") for d in devices):
         # The engine caps its pool at what every slot's full context needs, or 60% of the
         # memory free after loading: asking for more than that starts it at that cap.
@@ -73,6 +75,10 @@ def build_parser() -> argparse.ArgumentParser:
     a("--prefill-tokens", type=_positive(int), default=None,
       help="prompt tokens admitted per engine step (default 8192: eight to nine Gundam pages); more "
            "admits larger groups of pages per vision encode, each pausing the running requests longer")
+    a("--admit-gather-steps", type=int, default=0, metavar="N",
+      help="while requests decode, let up to N engine steps pass for a group of 8 arrivals to gather "
+           "before their vision encode (default 0: admit whatever waits); fewer, larger encodes in a burst, "
+           "at up to N steps more time to first token")
     a("--kv-cache", choices=("preallocate", "grow"), default="preallocate",
       help="on a GPU, allocate the KV cache pool at its full size at start (default: no pool growth, "
            "which would recapture every CUDA graph, in the middle of serving) or start small and grow")

@@ -28,10 +28,17 @@ class AdmissionMixin:
         free = self._free_slots()
         if not self.waiting or not free:
             return admitted
-        if (self.running and len(free) < min(self.admit_group, len(self.waiting))
-                and self._admit_waited < self.admit_wait_steps):
-            self._admit_waited += 1  # a fuller group later costs one encode instead of several
-            return admitted
+        if self.running:
+            # A fuller group later costs one encode instead of several: wait while too few
+            # slots are free for the waiting group (up to admit_wait_steps), or, with
+            # admit_gather_steps, while fewer than a group are waiting (requests arriving one
+            # by one, as a burst of HTTP requests reaches the engine through preparation).
+            few_slots = (len(free) < min(self.admit_group, len(self.waiting))
+                         and self._admit_waited < self.admit_wait_steps)
+            few_waiting = len(self.waiting) < self.admit_group and self._admit_waited < self.admit_gather_steps
+            if few_slots or few_waiting:
+                self._admit_waited += 1
+                return admitted
         self._admit_waited = 0
         tokens = 0
         while self.waiting and free:

@@ -70,6 +70,9 @@ class Engine(AdmissionMixin):
             free (or every waiting request fits), or after this many steps of waiting. Default
             group: 8 on CUDA (where one page's encode is launch-bound), 1 elsewhere (a CPU
             encode costs its work, so waiting would only add latency).
+        admit_gather_steps: while requests decode, also wait up to this many steps for a group
+            of `admit_group` requests to be waiting (default 0: admit whatever waits). Each waiting
+            request's first token comes up to that many steps later; fewer, larger encodes.
         use_graphs: capture the decode step in CUDA graphs (default: on CUDA).
         compile: `torch.compile` the step (default: env DEEPSEEK_OCR_COMPILE=1).
     """
@@ -77,7 +80,7 @@ class Engine(AdmissionMixin):
     def __init__(self, model: DeepseekOCRModel, tokenizer: Tokenizer, *, max_slots: int | None = None,
                  block_size: int = 64, initial_blocks: int | None = None, max_blocks: int | None = None,
                  prefill_tokens: int = 8192, admit_group: int | None = None, admit_wait_steps: int = 64,
-                 use_graphs: bool | None = None, compile: bool | None = None):
+                 admit_gather_steps: int = 0, use_graphs: bool | None = None, compile: bool | None = None):
         self.model, self.tokenizer = model, tokenizer
         cfg = model.cfg.decoder
         w = model.decoder.lm_head.weight
@@ -90,6 +93,7 @@ class Engine(AdmissionMixin):
         if admit_group is None:
             admit_group = 8 if on_cuda else 1
         self.admit_group, self.admit_wait_steps = max(1, admit_group), max(0, admit_wait_steps)
+        self.admit_gather_steps = max(0, admit_gather_steps)
         self._admit_waited = 0  # steps admission has been held back for a fuller group
         self.fast = FastDecoder(model.decoder)
         if compile is None:
