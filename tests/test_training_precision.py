@@ -224,6 +224,9 @@ def test_frozen_weights_that_bf16_holds_are_stored_in_bf16():
     with masters.float32():
         assert net.fc.weight.dtype == torch.float32 and torch.equal(net.fc.weight, frozen_fc)
     assert net.fc.weight.dtype == torch.bfloat16
+    with masters.float32(frozen=False):  # a checkpoint's block: trained tensors only
+        assert net.fc.weight.dtype == torch.bfloat16 and net.out.weight.dtype == torch.float32
+    assert torch.equal(net.fc.weight.float(), frozen_fc)
     masters.to_master()
     for (name, a), b in zip(ref.named_parameters(), net.parameters()):
         assert b.dtype == torch.float32 and torch.equal(a, b), name

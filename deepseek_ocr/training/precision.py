@@ -112,23 +112,26 @@ class MasterWeights:
         self._grads = [None] * len(self.params)
 
     @contextlib.contextmanager
-    def float32(self) -> Iterator[None]:
-        """The parameters hold their float32 masters inside the block (checkpoints, evaluation)."""
+    def float32(self, frozen: bool = True) -> Iterator[None]:
+        """The parameters hold their float32 masters inside the block (checkpoints, evaluation).
+        The frozen bf16 weights are widened too unless `frozen` is False (a checkpoint writes only
+        trained tensors); one at a time, each bf16 copy freed as its float32 one is made, so the
+        block needs no more memory than a float32 base did."""
         if self._compute is None:
             yield
             return
         for p, m in zip(self.params, self.masters):
             p.data = m
-        narrow = [p.data for p in self.frozen]
-        for p in self.frozen:  # widened copies for the block (exact: bf16 held these values)
+        widened = self.frozen if frozen else []
+        for p in widened:  # exact: bf16 held these values
             p.data = p.data.float()
         try:
             yield
         finally:
             for p, c in zip(self.params, self._compute):
                 p.data = c
-            for p, n in zip(self.frozen, narrow):
-                p.data = n
+            for p in widened:
+                p.data = p.data.to(self.dtype)
 
     # ---------------------------------------------------------------------------- one step
     def gather_grads(self) -> None:
@@ -206,9 +209,10 @@ class Precision:
     def substitute(self) -> Callable[[nn.Parameter], torch.Tensor] | None:
         return self.masters.master_of if self.masters else None
 
-    def float32(self) -> ContextManager:
-        """A block in which the model holds its float32 weights (checkpoints, evaluation)."""
-        return self.masters.float32() if self.masters else contextlib.nullcontext()
+    def float32(self, frozen: bool = True) -> ContextManager:
+        """A block in which the model holds its float32 weights (evaluation; checkpoints, which
+        write only trained tensors, pass `frozen=False`)."""
+        return self.masters.float32(frozen) if self.masters else contextlib.nullcontext()
 
     def start(self) -> None:
         """Training begins: bf16 copies in (with master weights)."""

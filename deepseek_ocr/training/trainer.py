@@ -284,7 +284,7 @@ class Trainer:
                 gather_sharded(self.ocr.model, self.optimizer)
             self._saved_step = self.state.step
             return self.last_checkpoint
-        with self.precision.float32():
+        with self.precision.float32(frozen=False):  # a checkpoint holds only trained tensors
             self.last_checkpoint = save_checkpoint(self.output_dir, model=self.ocr.model, optimizer=self.optimizer,
                                                    state=self.state, lora=self.cfg.uses_lora,
                                                    keep=self.cfg.keep_checkpoints, base_model=self.cfg.model)
