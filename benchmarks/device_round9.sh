@@ -73,8 +73,9 @@ PY
     tail -3 "$OUT/bench_server_gather16.log"
     ;;
   learn10a|learn10b)
-    L=(--minutes 10 --preset paper --lr 3e-4 --batch 64 --workers 12 --eval-every 750 --state .learning_state
-       --out "$OUT/learning9_paper10")
+    # the cosine over 8 minutes (the schedule of the best run so far), its last 2 at 10% of the rate
+    L=(--minutes 10 --decay-minutes 8 --preset paper --lr 3e-4 --batch 64 --workers 12 --eval-every 750
+       --state .learning_state --out "$OUT/learning9_paper10")
     [ "$1" = learn10a ] && L+=(--stop-after 5) || L+=(--resume)
     timeout 590 "$PY" benchmarks/learning_run.py "${L[@]}" > "$OUT/learning9_paper10_${1#learn10}.log" 2>&1
     grep -E "CER|done|Error|state|resumed" "$OUT/learning9_paper10_${1#learn10}.log" | tail -8

@@ -251,7 +251,8 @@ def tower_and_rest_optimizer(model: torch.nn.Module, lr: float, weight_decay: fl
 
 
 def lr_at(step: int, frac: float, base: float, warmup: int) -> float:
-    """Linear warmup over `warmup` steps, then cosine to 10% over the time budget."""
+    """Linear warmup over `warmup` steps, then cosine to 10% over the schedule's time (`frac` of
+    it elapsed; past its end the rate stays at 10%)."""
     if step < warmup:
         return base * (step + 1) / warmup
     return base * (0.1 + 0.45 * (1 + math.cos(math.pi * min(1.0, frac))))
@@ -310,6 +311,8 @@ def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--out", default="runs/learning")
     ap.add_argument("--minutes", type=float, default=10.0)
+    ap.add_argument("--decay-minutes", type=float, default=None,
+                    help="the cosine's length (default --minutes); shorter: the rest of the run at 10%% of the rate")
     ap.add_argument("--max-steps", type=int, default=None)
     ap.add_argument("--stop-after", type=float, default=None, metavar="MINUTES",
                     help="end this call after MINUTES training minutes and save the run's state to --state; "
@@ -406,6 +409,7 @@ def main(argv=None):
     params = [masters.master_of(p) if masters else p for p in ocr.model.parameters() if p.requires_grad]
     amp = torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else torch.autocast("cpu", enabled=False)
     budget = a.minutes * 60
+    decay_s = (a.decay_minutes if a.decay_minutes is not None else a.minutes) * 60
     stop_s = budget if a.stop_after is None else min(budget, a.stop_after * 60)
     state_dir = Path(a.state) if a.state else out / "state"
     cfg = {k: v for k, v in vars(a).items()}
@@ -452,7 +456,7 @@ def main(argv=None):
             torch.cuda.synchronize()
         t = time.perf_counter()
         for g in opt.param_groups:
-            g["lr"] = lr_at(step, train_s / budget, a.lr, a.warmup) * g["lr_scale"]
+            g["lr"] = lr_at(step, train_s / decay_s, a.lr, a.warmup) * g["lr_scale"]
         with amp:
             res = ocr.loss(batch, gradient_checkpointing=a.gradient_checkpointing)
         res.loss.backward()
