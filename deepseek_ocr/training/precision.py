@@ -80,7 +80,6 @@ class MasterWeights:
         # The masters are the parameters' own float32 tensors: no copy until `to_compute()`.
         self.masters = [p.detach() for p in self.params]
         self._master_of = {id(p): m for p, m in zip(self.params, self.masters)}
-        self._grads: list[torch.Tensor | None] = [None] * len(self.params)
         self._compute: list[torch.Tensor] | None = None
 
     def master_of(self, p: torch.Tensor) -> torch.Tensor:
@@ -109,7 +108,6 @@ class MasterWeights:
         for p in self.frozen:
             p.data = p.data.float()
         self._compute = None
-        self._grads = [None] * len(self.params)
 
     @contextlib.contextmanager
     def float32(self, frozen: bool = True) -> Iterator[None]:
@@ -136,21 +134,20 @@ class MasterWeights:
     # ---------------------------------------------------------------------------- one step
     def gather_grads(self) -> None:
         """Adds each parameter's (bf16) gradient into its master's float32 gradient and drops
-        it. Call after every backward of a step (micro-batches accumulate in float32)."""
+        it. Call after every backward of a step (micro-batches accumulate in float32). The
+        float32 gradients live from here to the optimizer's `zero_grad`, as autocast's did: no
+        buffer is kept between steps, so the backward pass has that memory free."""
         fresh_dst, fresh_src, add_dst, add_src = [], [], [], []
-        for i, p in enumerate(self.params):
+        for p, m in zip(self.params, self.masters):
             g = p.grad
             if g is None:
                 continue
-            buf = self._grads[i]
-            if buf is None:
-                buf = self._grads[i] = torch.empty_like(self.masters[i])
-            if self.masters[i].grad is None:  # the step's first gradient for this weight
-                self.masters[i].grad = buf
-                fresh_dst.append(buf)
+            if m.grad is None:  # the step's first gradient for this weight
+                m.grad = torch.empty_like(m)
+                fresh_dst.append(m.grad)
                 fresh_src.append(g)
             else:
-                add_dst.append(buf)
+                add_dst.append(m.grad)
                 add_src.append(g)
             p.grad = None
         if fresh_dst:
@@ -166,7 +163,8 @@ class MasterWeights:
             torch._foreach_copy_(self._compute, self.masters)
 
     def zero_grad(self) -> None:
-        """Forget the step's gradients (the buffers are kept for the next step)."""
+        """Forget the step's gradients (the optimizer's `zero_grad(set_to_none=True)` does the same
+        for the masters)."""
         for m in self.masters:
             m.grad = None
         for p in self.params:
