@@ -1,0 +1,84 @@
+#!/usr/bin/env bash
+# Device runs of the ninth session: three calls on one held machine, back to back (carry .whl/,
+# and .shared/ for `a`), each returning at most 8 files:
+#   bash benchmarks/device_round10.sh a   # learning run, first 5 training minutes; the engine's GPU tests
+#   bash benchmarks/device_round10.sh b   # learning run, resumed to 10 minutes; `deepseek-ocr train` on CUDA
+#   bash benchmarks/device_round10.sh c   # `paper` with master weights; the server A/Bs at concurrency 256
+# The learning run: `paper`, lr 3e-4, batch 64, the cosine over 8 of the 10 minutes (the last 2 at
+# 10% of the rate), float32 masters of bf16 copies (training/precision.py). Should the master
+# weights fail on the GPU before the first save, `a` starts over with --no-master-weights (the
+# seventh round's configuration) so the call is not lost.
+set -u
+. benchmarks/device_env.sh  # $PY, the carried wheels, $OUT, device.txt
+LEARN=(--minutes 10 --decay-minutes 8 --preset paper --lr 3e-4 --batch 64 --workers 12 --eval-every 750
+       --state .learning_state --out "$OUT/learning10")
+full_checkpoint() {
+  [ -f /tmp/full/config.json ] || "$PY" -c "from deepseek_ocr import make_random_checkpoint; make_random_checkpoint('/tmp/full', layers=12, experts=64, topk=6)"
+}
+case "${1:-}" in
+  a)
+    rm -rf .learning_state
+    timeout 430 "$PY" benchmarks/learning_run.py "${LEARN[@]}" --stop-after 5 > "$OUT/learning10_a.log" 2>&1
+    rc=$?
+    if [ $rc -ne 0 ] && [ ! -d .learning_state ]; then
+      echo "learn a failed (rc=$rc) with master weights; again without"; tail -5 "$OUT/learning10_a.log"
+      mv "$OUT/learning10_a.log" "$OUT/learning10_a_masters_failed.log"
+      timeout 430 "$PY" benchmarks/learning_run.py "${LEARN[@]}" --stop-after 5 --no-master-weights \
+        > "$OUT/learning10_a.log" 2>&1
+    fi
+    grep -E "CER|done|Error|state|samples/s" "$OUT/learning10_a.log" | tail -6
+    if [ -d .shared ]; then
+      "$PY" .shared/parity/make_checkpoint.py /tmp/ck --layers 3 --experts 8 --topk 6 >/dev/null
+      DEEPSEEK_OCR_SHARED=$PWD/.shared DEEPSEEK_OCR_SMALL_CKPT=/tmp/ck DEEPSEEK_OCR_TEST_DEVICE=cuda CI=1 \
+        timeout 140 "$PY" -m pytest -q -rs -p no:hypothesispytest tests/test_engine_gpu.py tests/test_grouped_experts.py \
+        > "$OUT/gpu_tests.log" 2>&1
+      tail -3 "$OUT/gpu_tests.log"
+    fi
+    ;;
+  b)
+    timeout 440 "$PY" benchmarks/learning_run.py "${LEARN[@]}" --resume > "$OUT/learning10_b.log" 2>&1
+    grep -E "CER|done|Error|resumed" "$OUT/learning10_b.log" | tail -8
+    # the trainer on CUDA, end to end: `paper` with master weights (evaluations and checkpoints in
+    # the float32 block, the exported model), then LoRA with its base in bf16, resumed once
+    "$PY" - <<'PY'
+from pathlib import Path
+from PIL import Image, ImageDraw
+from deepseek_ocr import make_random_checkpoint
+make_random_checkpoint("/tmp/small", layers=2, experts=4, topk=2, hidden_size=256, heads=4,
+                       intermediate_size=512, moe_intermediate_size=64)
+for split, n in (("train", 16), ("held", 4)):
+    d = Path("/tmp/pages") / split
+    d.mkdir(parents=True, exist_ok=True)
+    for i in range(n):
+        im = Image.new("RGB", (320, 160), "white")
+        ImageDraw.Draw(im).text((10, 60), f"line {split} {i}", fill="black")
+        im.save(d / f"p{i}.png")
+        (d / f"p{i}.txt").write_text(f"line {split} {i}")
+PY
+    T=(--model /tmp/small --data /tmp/pages/train --eval-data /tmp/pages/held --mode tiny --batch-size 4
+       --checkpoint-every 3 --quiet --json)
+    { timeout 150 "$PY" -m deepseek_ocr train "${T[@]}" --preset paper --max-steps 6 --lr 1e-4 --eval-every 3 --out /tmp/run
+      echo "paper rc=$?"; ls /tmp/run /tmp/run/checkpoints /tmp/run/model
+      timeout 100 "$PY" -m deepseek_ocr train "${T[@]}" --lora-r 8 --max-steps 3 --out /tmp/lora
+      timeout 100 "$PY" -m deepseek_ocr train "${T[@]}" --lora-r 8 --max-steps 6 --out /tmp/lora --resume auto
+      echo "lora rc=$?"; } > "$OUT/train_cli.log" 2>&1
+    grep -E "rc=" "$OUT/train_cli.log"; tail -c 600 "$OUT/train_cli.log"
+    ;;
+  c)
+    full_checkpoint
+    timeout 150 "$PY" benchmarks/bench_train.py --workload page --mode paper --weights all --steps 5 --warmup 2 \
+      --no-check --checkpoint /tmp/full --json "$OUT/train_masters.json" > /tmp/train_masters.log 2>&1
+    tail -6 /tmp/train_masters.log
+    "$PY" benchmarks/bench_prepare.py 2>&1 | tail -4
+    S=(--model /tmp/full --concurrency 256 --requests 256 --max-tokens 1000)
+    timeout 110 "$PY" benchmarks/bench_server.py "${S[@]}" --out "$OUT/bench_server_split.json" > /tmp/s1.log 2>&1
+    tail -3 /tmp/s1.log
+    timeout 110 "$PY" benchmarks/bench_server.py "${S[@]}" --serve-arg=--prefill-tokens --serve-arg=16384 \
+      --out "$OUT/bench_server_prefill16k.json" > /tmp/s2.log 2>&1
+    tail -3 /tmp/s2.log
+    timeout 110 "$PY" benchmarks/bench_server.py "${S[@]}" --serve-arg=--admit-gather-steps --serve-arg=16 \
+      --out "$OUT/bench_server_gather16.json" > /tmp/s3.log 2>&1
+    tail -3 /tmp/s3.log
+    ;;
+  *) echo "usage: $0 a|b|c" >&2; exit 2 ;;
+esac
