@@ -4,6 +4,7 @@
 #   bash benchmarks/device_round10.sh a   # learning run, first 5 training minutes; the engine's GPU tests
 #   bash benchmarks/device_round10.sh b   # learning run, resumed to 10 minutes; `deepseek-ocr train` on CUDA
 #   bash benchmarks/device_round10.sh c   # `paper` with master weights; the server A/Bs at concurrency 256
+#   bash benchmarks/device_round10.sh d   # the server's admission budget, interleaved (8k, 16k, 32k, 16k, 8k)
 # The learning run: `paper`, lr 3e-4, batch 64, the cosine over 8 of the 10 minutes (the last 2 at
 # 10% of the rate), float32 masters of bf16 copies (training/precision.py). Should the master
 # weights fail on the GPU before the first save, `a` starts over with --no-master-weights (the
@@ -80,5 +81,14 @@ PY
       --out "$OUT/bench_server_gather16.json" > /tmp/s3.log 2>&1
     tail -3 /tmp/s3.log
     ;;
-  *) echo "usage: $0 a|b|c" >&2; exit 2 ;;
+  d)  # the admission budget, interleaved on one machine: 8192 (default), 16384, 32768 prompt tokens per step
+    full_checkpoint
+    S=(--model /tmp/full --concurrency 256 --requests 256 --max-tokens 1000)
+    for run in base1:8192 p16a:16384 p32:32768 p16b:16384 base2:8192; do
+      timeout 75 "$PY" benchmarks/bench_server.py "${S[@]}" --serve-arg=--prefill-tokens --serve-arg="${run#*:}" \
+        --out "$OUT/bench_server_${run%%:*}.json" > "/tmp/${run%%:*}.log" 2>&1
+      echo "${run}"; grep -E "pages/s|preparing" "/tmp/${run%%:*}.log"
+    done
+    ;;
+  *) echo "usage: $0 a|b|c|d" >&2; exit 2 ;;
 esac
