@@ -35,13 +35,23 @@ def _positive(kind):
     return parse
 
 
+# Prompt tokens a GPU engine admits per step when serving (the engine's own default is 8192).
+# Measured on an H200 at concurrency 256, interleaved on one machine (benchmarks/RESULTS.md,
+# eighth round): 8192 -> 13.10 and 13.07 pages/s, 16384 -> 14.63 and 15.03, 32768 -> 13.52.
+# A burst of arrivals is encoded in half as many groups, each pausing the running requests once.
+GPU_SERVE_PREFILL_TOKENS = 16384
+
+
 def engine_settings(args, devices: list[str]) -> dict:
-    """The `Engine(...)` keywords the options ask for (the engine's defaults otherwise)."""
+    """The `Engine(...)` keywords the options ask for (the engine's defaults otherwise, except
+    the admission budget on a GPU: `GPU_SERVE_PREFILL_TOKENS`)."""
     kw = {}
     if args.max_slots:
         kw["max_slots"] = args.max_slots
     if args.prefill_tokens:
         kw["prefill_tokens"] = args.prefill_tokens
+    elif any(d.startswith("cuda") for d in devices):
+        kw["prefill_tokens"] = GPU_SERVE_PREFILL_TOKENS
     if args.admit_gather_steps:
         kw["admit_gather_steps"] = args.admit_gather_steps
     if args.kv_cache == "preallocate" and any(d.startswith("cuda") for d in devices):
@@ -73,8 +83,9 @@ def build_parser() -> argparse.ArgumentParser:
     a("--allow-fetch", action="store_true", help="fetch http(s) image_url values (default: data: URLs only)")
     a("--max-slots", type=_positive(int), help="requests decoding at once per engine (default 256 on GPU, 16 on CPU)")
     a("--prefill-tokens", type=_positive(int), default=None,
-      help="prompt tokens admitted per engine step (default 8192: eight to nine Gundam pages); more "
-           "admits larger groups of pages per vision encode, each pausing the running requests longer")
+      help="prompt tokens admitted per engine step (default 16384 on a GPU: 16 to 18 Gundam pages, "
+           "measured best at concurrency 256; 8192 on a CPU); more admits larger groups of pages per "
+           "vision encode, each pausing the running requests longer")
     a("--admit-gather-steps", type=int, default=0, metavar="N",
       help="while requests decode, let up to N engine steps pass for a group of 8 arrivals to gather "
            "before their vision encode (default 0: admit whatever waits); fewer, larger encodes in a burst, "
