@@ -13,12 +13,11 @@ Modes:
   lora:  LoRA r=16, alpha=16 on q,k,v,o,gate,up,down, routed experts included (Unsloth's targets),
          vision frozen; base weights bf16, factors float32 (as peft keeps them).
   paper: the paper's full fine-tuning: CLIP, projector and decoder trained, SAM frozen; float32
-         master weights, as the trainer keeps them: `--weights master` (the default for paper,
-         what `deepseek-ocr train` does in one process: bf16 copies of the matmul weights, float32
-         masters in the optimizer, training/precision.py) or `--weights fp32` (float32 weights
-         cast by autocast at every use, the trainer's `master_weights = false`). `--weights bf16`
-         runs either mode with bf16 weights (and bf16 AdamW states for paper), `--weights all`
-         all three.
+         master weights, as the trainer keeps them: `--weights fp32` (the default for paper, what
+         `deepseek-ocr train` does: float32 weights cast by autocast at every use) or
+         `--weights master` (the trainer's `--master-weights`: bf16 copies of the matmul weights,
+         float32 masters in the optimizer, training/precision.py). `--weights bf16` runs either
+         mode with bf16 weights (and bf16 AdamW states for paper), `--weights all` all three.
 Every step runs under bf16 autocast on CUDA (none on CPU; --smoke: float32, a 2-layer SAM and
 CLIP). Tokens = every sequence token of the batch (image, prompt, answer, BOS/EOS; padding
 excluded); samples are prepared once, outside the timing (the trainer prepares them in
@@ -151,7 +150,7 @@ def weights_for(mode: str, choice: str, smoke: bool) -> list[str]:
     if choice == "all":
         return ["bf16", "fp32", "master"]
     if choice == "auto":
-        return ["bf16" if mode == "lora" else "master"]
+        return ["bf16" if mode == "lora" else "fp32"]
     return [choice]
 
 
@@ -255,7 +254,7 @@ def main(argv=None):
     ap.add_argument("--workload", default="all", choices=["lines", "page", "all"])
     ap.add_argument("--mode", default="all", choices=["lora", "paper", "all"])
     ap.add_argument("--weights", default="auto", choices=["auto", "bf16", "fp32", "master", "all"],
-                    help="auto: bf16 base for lora, master (float32 masters of bf16 copies) for paper")
+                    help="auto: bf16 base for lora, fp32 (float32 weights under autocast, as the trainer) for paper")
     ap.add_argument("--steps", type=int, default=10)
     ap.add_argument("--warmup", type=int, default=3)
     ap.add_argument("--gradient-checkpointing", action="store_true")

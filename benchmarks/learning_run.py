@@ -350,8 +350,10 @@ def main(argv=None):
     ap.add_argument("--inter", type=int, default=1536)
     ap.add_argument("--workers", type=int, default=min(12, os.cpu_count() or 1))
     ap.add_argument("--gradient-checkpointing", action="store_true")
-    ap.add_argument("--no-master-weights", dest="master_weights", action="store_false",
-                    help="float32 weights cast by autocast at every use (default on CUDA: bf16 copies of float32 masters)")
+    ap.add_argument("--master-weights", action=argparse.BooleanOptionalAction, default=False,
+                    help="on CUDA, bf16 copies of float32 masters instead of autocast's casts of the float32 "
+                         "weights (default off, as the trainer: the 10-minute run with them read worse, "
+                         "benchmarks/RESULTS.md, eighth round)")
     ap.add_argument("--preset", default="paper", choices=("all", "paper", "tower-frozen"),
                     help="what trains: everything; the paper's stage 2 (SAM and its compressor frozen at "
                          "their random init; CLIP, the projector and the decoder trained); or tower-frozen "
@@ -399,8 +401,9 @@ def main(argv=None):
     held_rng = random.Random(10**6 + a.seed)  # never a training worker's seed
     held = [lines.sample(held_rng, answer=False) for _ in range(a.eval_samples)]
     max_new = 2 * max(len(ocr.tokenizer.encode(t)) for _, t in held) + 8
-    # As the trainer (training/precision.py): on CUDA the matmul weights train as bf16 copies of
-    # their float32 masters, rounded once per step rather than cast by autocast at every use.
+    # With --master-weights (the trainer's option, training/precision.py): on CUDA the matmul
+    # weights train as bf16 copies of their float32 masters, rounded once per step rather than
+    # cast by autocast at every use.
     masters = None
     if device.type == "cuda" and a.master_weights:
         masters = MasterWeights([p for _, p in matmul_weights(ocr.model, exclude=(ocr.model.decoder.lm_head,))])

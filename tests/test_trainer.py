@@ -225,7 +225,7 @@ def test_lora_base_in_bf16_trains_as_autocast_casts_do(tmp_path, ocr, base, samp
         seen = []
         def watch(trainer, record):
             seen.append(ocr.model.decoder.layers[0].self_attn.q_proj.weight.dtype)
-        result = Trainer(ocr, _cfg(tmp_path, f"lora-bf16-{on}", master_weights=on, **common), samples,
+        result = Trainer(ocr, _cfg(tmp_path, f"lora-bf16-{on}", bf16_frozen_base=on, **common), samples,
                          on_step=watch).train()
         runs[on] = (result.losses, _trained(ocr), seen)
         assert ocr.model.decoder.layers[0].self_attn.q_proj.weight.dtype == torch.float32

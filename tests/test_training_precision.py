@@ -7,11 +7,14 @@ same losses and the same float32 weights, bit for bit, on the CPU.
 """
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 import torch
 from torch import nn
 
-from deepseek_ocr.training.precision import MasterWeights, matmul_weights
+from deepseek_ocr.training.config import TrainConfig
+from deepseek_ocr.training.precision import MasterWeights, Precision, matmul_weights
 from deepseek_ocr.training.trainable import set_trainable
 
 
@@ -71,6 +74,39 @@ def test_selection_on_the_model(small_model):
                  "vision.clip.transformer.layers.0.layer_norm1.bias", "vision.clip.embeddings.class_embedding"):
         assert kept not in names, kept
     assert not any(n.startswith("vision.sam.") for n in names)  # frozen by the paper preset
+
+
+def test_precision_policy_defaults_and_switches(small_model):
+    # The trainer's defaults: no masters for trained weights (measured slower on the H200), a
+    # frozen decoder base held in bf16; each switch on its own; nothing in float32 or under DDP.
+    defaults = {f.name: f.default for f in dataclasses.fields(TrainConfig)}
+    assert defaults["master_weights"] is False and defaults["bf16_frozen_base"] is True
+    model = small_model.model
+    flags = {n: p.requires_grad for n, p in model.named_parameters()}
+    try:
+        for n, p in model.named_parameters():  # LoRA-like: the decoder's attention trained, the rest frozen
+            p.requires_grad_(n.startswith("decoder.layers.0.self_attn."))
+        trained = {id(p) for _, p in matmul_weights(model, exclude=(model.decoder.lm_head,))}
+        frozen = matmul_weights(model.decoder, exclude=(model.decoder.lm_head,), trainable=False)
+        exact = {id(p) for _, p in frozen if torch.equal(p, p.to(torch.bfloat16).float())}
+        assert trained and exact  # the small checkpoint is bf16: its values are bf16 values
+        cpu = torch.device("cpu")
+
+        def held(**kw):
+            prec = Precision("bfloat16", cpu, model, distributed=False, **kw)
+            if prec.masters is None:
+                return set(), set()
+            return {id(p) for p in prec.masters.params}, {id(p) for p in prec.masters.frozen}
+
+        assert held(master_weights=False) == (set(), exact)
+        assert held(master_weights=True) == (trained, exact)
+        assert held(master_weights=True, bf16_frozen_base=False) == (trained, set())
+        assert held(master_weights=False, bf16_frozen_base=False) == (set(), set())
+        assert Precision("float32", cpu, model, master_weights=True, distributed=False).masters is None
+        assert Precision("bfloat16", cpu, model, master_weights=True, distributed=True).masters is None
+    finally:
+        for n, p in model.named_parameters():
+            p.requires_grad_(flags[n])
 
 
 @pytest.mark.parametrize("accumulate", [1, 2])

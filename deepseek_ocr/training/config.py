@@ -65,8 +65,12 @@ class TrainConfig:
         per optimizer step), max_grad_norm (0: no clipping), aux_loss (MoE balance loss),
         gradient_checkpointing, seed, dtype ("auto": bf16 autocast on CUDA, float32 on CPU;
         "bfloat16": bf16 autocast on any device; master weights always float32), master_weights
-        (with bf16 compute in one process: the trainable matmul weights train as bf16 copies of
-        float32 masters, cast once per step instead of at every use; training/precision.py),
+        (off by default; with bf16 compute in one process: the trainable matmul weights train as
+        bf16 copies of float32 masters, cast once per step instead of at every use;
+        training/precision.py. Measured on an H200 slower and larger than autocast's casts:
+        benchmarks/RESULTS.md, eighth round), bf16_frozen_base (on by default; with bf16 compute
+        in one process: the decoder's frozen matmul weights, a LoRA run's base, are held in bf16
+        where bf16 holds their values exactly: the same arithmetic, half their memory),
         device (None: CUDA when available).
 
     Output:
@@ -120,7 +124,8 @@ class TrainConfig:
     seed: int = 0
     strategy: str = "ddp"  # under torchrun: "ddp" or "fsdp" (FSDP2, full fine-tuning)
     dtype: str = "auto"
-    master_weights: bool = True
+    master_weights: bool = False
+    bf16_frozen_base: bool = True
     device: str | None = None
 
     output_dir: str = "train-output"
@@ -262,7 +267,7 @@ _OPT_INT = ("max_length", "eval_max_samples", "max_steps", "lora_r", "eval_batch
 _FLOAT = ("lora_dropout", "min_lr_ratio", "weight_decay", "eps", "max_grad_norm")
 _OPT_FLOAT = ("lora_alpha", "lr", "epochs")
 _BOOL = ("lora_rslora", "aux_loss", "gradient_checkpointing", "save_model", "cache_vision", "progress",
-         "tensorboard", "master_weights")
+         "tensorboard", "master_weights", "bf16_frozen_base")
 _STR = ("model", "data_format", "on_error", "mode", "length_policy", "schedule", "dtype", "output_dir",
         "strategy")
 _OPT_STR = ("image_root", "prompt", "preset", "device")
@@ -373,11 +378,12 @@ def _value_problems(c: TrainConfig) -> list[str]:
 
 # Settings a resumed run may change: they decide when things happen and where, not what the
 # optimizer sees, so the loss curve after a resume still equals the uninterrupted one
-# (master_weights: the same bf16 values and float32 updates, cast at another time).
+# (master_weights, bf16_frozen_base: the same bf16 values and float32 updates, cast at another time).
 RESUMABLE_CHANGES = frozenset({
     "max_steps", "epochs", "output_dir", "checkpoint_every", "keep_checkpoints", "eval_every", "log_every",
     "eval_data", "eval_max_samples", "eval_batch_size", "eval_max_new_tokens", "save_model", "progress",
     "tensorboard", "device", "cache_vision", "on_error", "image_root", "prepare_workers", "master_weights",
+    "bf16_frozen_base",
 })
 
 

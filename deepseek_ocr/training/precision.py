@@ -159,7 +159,7 @@ class MasterWeights:
 
     def refresh(self) -> None:
         """After the optimizer step: the masters' new values rounded into the bf16 copies."""
-        if self._compute is not None:
+        if self._compute:  # None before training; [] when only a frozen base is held here
             torch._foreach_copy_(self._compute, self.masters)
 
     def zero_grad(self) -> None:
@@ -173,22 +173,25 @@ class MasterWeights:
 
 class Precision:
     """The trainer's mixed precision, from its `dtype` setting ("auto", "bfloat16", "float32"):
-    bf16 autocast on CUDA ("auto" or "bfloat16") and anywhere with "bfloat16"; with bf16 compute,
-    `master_weights` on and one process, the trainable matmul weights of `model` (its output
-    projection aside) train as bf16 copies of float32 masters (`MasterWeights`), and the decoder's
-    frozen ones (a LoRA run's base) are held in bf16 where that is exact."""
+    bf16 autocast on CUDA ("auto" or "bfloat16") and anywhere with "bfloat16"; with bf16 compute
+    and one process, the trainable matmul weights of `model` (its output projection aside) train
+    as bf16 copies of float32 masters (`MasterWeights`) when `master_weights` is on (off by
+    default: on the H200 the copies, their refresh and the gradients' gather cost more than the
+    casts they save, benchmarks/RESULTS.md, eighth round), and the decoder's frozen ones (a LoRA
+    run's base) are held in bf16 where that is exact when `bf16_frozen_base` is on."""
 
     def __init__(self, dtype: str, device: torch.device, model: nn.Module, *, master_weights: bool,
-                 distributed: bool):
+                 distributed: bool, bf16_frozen_base: bool = True):
         self.device = torch.device(device)
         bf16 = dtype == "bfloat16" or (dtype == "auto" and self.device.type == "cuda")
         self.compute_dtype = torch.bfloat16 if bf16 else None
         self.masters: MasterWeights | None = None
-        if bf16 and master_weights and not distributed:
-            chosen = matmul_weights(model, exclude=(model.decoder.lm_head,))
+        if bf16 and not distributed:
+            chosen = matmul_weights(model, exclude=(model.decoder.lm_head,)) if master_weights else []
             # The decoder's only: a frozen vision tower is also run outside autocast (the rows
             # cached by `cache_vision`), where its dtype would decide the arithmetic.
-            frozen = matmul_weights(model.decoder, exclude=(model.decoder.lm_head,), trainable=False)
+            frozen = (matmul_weights(model.decoder, exclude=(model.decoder.lm_head,), trainable=False)
+                      if bf16_frozen_base else [])
             if chosen or frozen:
                 self.masters = MasterWeights([p for _, p in chosen], self.compute_dtype,
                                              frozen=[p for _, p in frozen])

@@ -6,9 +6,10 @@
 Precision: float32 master weights and AdamW state always; on CUDA the forward runs under bf16
 autocast (the MoE router and RMSNorm compute in float32 inside it); on CPU everything is
 float32 (bf16 matmuls are slow there and would make CPU runs inexact) unless dtype="bfloat16"
-asks for bf16 autocast there too. With bf16 compute in one process, the trainable matmul weights
-hold bf16 copies of their float32 masters between steps (`precision.MasterWeights`; checkpoints
-and evaluations see the float32 values), which spares autocast's cast at every use.
+asks for bf16 autocast there too. With bf16 compute in one process, a frozen decoder base (LoRA)
+is held in bf16 where that is exact, and with `master_weights` (off by default) the trainable
+matmul weights hold bf16 copies of their float32 masters between steps (`precision.MasterWeights`;
+checkpoints and evaluations see the float32 values) instead of autocast's cast at every use.
 
 Stops: SIGINT/SIGTERM set a flag checked between steps; the loop then writes a checkpoint and
 returns `interrupted=True` (a second SIGINT aborts at once). A NaN/Inf loss or gradient norm
@@ -127,7 +128,7 @@ class Trainer:
         root.train()
         self.module, self.dist = for_training(ocr, cfg)
         self.precision = Precision(cfg.dtype, self.device, root, master_weights=cfg.master_weights,
-                                   distributed=self.dist.enabled)
+                                   bf16_frozen_base=cfg.bf16_frozen_base, distributed=self.dist.enabled)
         # Clipping and the optimizer work on the float32 masters where there are some.
         self.step_params = [self.precision.stepped(p) for p in self.params]
         if self.dist.enabled and cfg.strategy == "fsdp" and eval_data and cfg.eval_every:
