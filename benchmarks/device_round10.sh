@@ -5,10 +5,11 @@
 #   bash benchmarks/device_round10.sh b   # learning run, resumed to 10 minutes; `deepseek-ocr train` on CUDA
 #   bash benchmarks/device_round10.sh c   # `paper` with master weights; the server A/Bs at concurrency 256
 #   bash benchmarks/device_round10.sh d   # the server's admission budget, interleaved (8k, 16k, 32k, 16k, 8k)
+#   bash benchmarks/device_round10.sh e   # the HTTP layer's cost: the in-process pipeline and the server, one machine
 # The learning run: `paper`, lr 3e-4, batch 64, the cosine over 8 of the 10 minutes (the last 2 at
-# 10% of the rate), float32 masters of bf16 copies (training/precision.py). Should the master
-# weights fail on the GPU before the first save, `a` starts over with --no-master-weights (the
-# seventh round's configuration) so the call is not lost.
+# 10% of the rate). Run in the ninth session with master weights (then learning_run's default on
+# CUDA; CER 0.445): they are off by default since, so `a`/`b` now run autocast's casts, the
+# seventh session's configuration. (The fallback below only matters with --master-weights.)
 set -u
 . benchmarks/device_env.sh  # $PY, the carried wheels, $OUT, device.txt
 LEARN=(--minutes 10 --decay-minutes 8 --preset paper --lr 3e-4 --batch 64 --workers 12 --eval-every 750
@@ -90,5 +91,17 @@ PY
       echo "${run}"; grep -E "pages/s|preparing" "/tmp/${run%%:*}.log"
     done
     ;;
-  *) echo "usage: $0 a|b|c|d" >&2; exit 2 ;;
+  e)  # the same 256 pages in process (the command's pipeline, graphs captured first) and through
+      # the server (its GPU default, 16384 prompt tokens per step), twice each, alternating
+    full_checkpoint
+    S=(--model /tmp/full --concurrency 256 --requests 256 --max-tokens 1000)
+    for i in 1 2; do
+      timeout 110 "$PY" benchmarks/bench_pages.py --folder /tmp/full --pages 256 --tokens 1000 --batch-size 256 \
+        --workers 12 --warm --out "$OUT/bench_pages_$i.json" > "/tmp/pages_$i.log" 2>&1
+      echo "pipeline $i"; tail -3 "/tmp/pages_$i.log"
+      timeout 80 "$PY" benchmarks/bench_server.py "${S[@]}" --out "$OUT/bench_server_$i.json" > "/tmp/server_$i.log" 2>&1
+      echo "server $i"; grep -E "pages/s|preparing" "/tmp/server_$i.log"
+    done
+    ;;
+  *) echo "usage: $0 a|b|c|d|e" >&2; exit 2 ;;
 esac
