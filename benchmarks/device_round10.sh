@@ -40,23 +40,10 @@ case "${1:-}" in
   b)
     timeout 440 "$PY" benchmarks/learning_run.py "${LEARN[@]}" --resume > "$OUT/learning10_b.log" 2>&1
     grep -E "CER|done|Error|resumed" "$OUT/learning10_b.log" | tail -8
-    # the trainer on CUDA, end to end: `paper` with master weights (evaluations and checkpoints in
-    # the float32 block, the exported model), then LoRA with its base in bf16, resumed once
-    "$PY" - <<'PY'
-from pathlib import Path
-from PIL import Image, ImageDraw
-from deepseek_ocr import make_random_checkpoint
-make_random_checkpoint("/tmp/small", layers=2, experts=4, topk=2, hidden_size=256, heads=4,
-                       intermediate_size=512, moe_intermediate_size=64)
-for split, n in (("train", 16), ("held", 4)):
-    d = Path("/tmp/pages") / split
-    d.mkdir(parents=True, exist_ok=True)
-    for i in range(n):
-        im = Image.new("RGB", (320, 160), "white")
-        ImageDraw.Draw(im).text((10, 60), f"line {split} {i}", fill="black")
-        im.save(d / f"p{i}.png")
-        (d / f"p{i}.txt").write_text(f"line {split} {i}")
-PY
+    # the trainer on CUDA, end to end: `paper` (evaluations, checkpoints, the exported model; run
+    # in the ninth session with master weights, the default then), then LoRA with its base in
+    # bf16, resumed once
+    "$PY" benchmarks/make_train_pages.py --model /tmp/small --pages /tmp/pages
     T=(--model /tmp/small --data /tmp/pages/train --eval-data /tmp/pages/held --mode tiny --batch-size 4
        --checkpoint-every 3 --quiet --json)
     { timeout 150 "$PY" -m deepseek_ocr train "${T[@]}" --preset paper --max-steps 6 --lr 1e-4 --eval-every 3 --out /tmp/run

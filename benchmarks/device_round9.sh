@@ -18,21 +18,7 @@ case "${1:-}" in
     timeout 150 "$PY" benchmarks/bench_train.py --workload page --mode paper --weights all --steps 5 --warmup 2 \
       --no-check --checkpoint /tmp/full --json "$OUT/train_masters.json" > "$OUT/train_masters.log" 2>&1
     tail -6 "$OUT/train_masters.log"
-    "$PY" - <<'PY'
-from pathlib import Path
-from PIL import Image, ImageDraw
-from deepseek_ocr import make_random_checkpoint
-make_random_checkpoint("/tmp/small", layers=2, experts=4, topk=2, hidden_size=256, heads=4,
-                       intermediate_size=512, moe_intermediate_size=64)
-for split, n in (("train", 16), ("held", 4)):
-    d = Path("/tmp/pages") / split
-    d.mkdir(parents=True, exist_ok=True)
-    for i in range(n):
-        im = Image.new("RGB", (320, 160), "white")
-        ImageDraw.Draw(im).text((10, 60), f"line {split} {i}", fill="black")
-        im.save(d / f"p{i}.png")
-        (d / f"p{i}.txt").write_text(f"line {split} {i}")
-PY
+    "$PY" benchmarks/make_train_pages.py --model /tmp/small --pages /tmp/pages
     timeout 150 "$PY" -m deepseek_ocr train --model /tmp/small --data /tmp/pages/train --eval-data /tmp/pages/held \
       --preset paper --mode tiny --max-steps 6 --batch-size 4 --lr 1e-4 --checkpoint-every 3 --eval-every 3 \
       --out /tmp/run --quiet --json > "$OUT/train_cli.json" 2> "$OUT/train_cli.err"
