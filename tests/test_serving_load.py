@@ -13,6 +13,7 @@ import base64
 import io
 import json
 import re
+import socket
 import time
 
 import httpx
@@ -303,6 +304,51 @@ def test_api_key_limits_and_refused_sources(ocr, monkeypatch):
                          headers={**key, "content-type": "application/json"})
         assert chunked.status_code == 413
         assert c.get("/health").status_code == 200
+
+
+def _raw_request(url: str, head: bytes, body: bytes = b"", timeout: float = 30.0) -> bytes:
+    """One HTTP/1.1 exchange over a plain socket: the whole request written before any of the
+    answer is read (as a client uploading a file does), then everything the server sends."""
+    host, port = url.removeprefix("http://").split(":")
+    with socket.create_connection((host, int(port)), timeout=timeout) as sock:
+        try:
+            sock.sendall(head + body)
+        except (BrokenPipeError, ConnectionResetError):  # closed on us while we were still sending
+            return b"<reset while sending>"
+        chunks = []
+        while True:
+            try:
+                data = sock.recv(65536)
+            except ConnectionResetError:  # what a client saw when the server closed on unread bytes
+                return b"".join(chunks) + b"<reset>"
+            if not data:
+                return b"".join(chunks)
+            chunks.append(data)
+            if b"\r\n\r\n" in b"".join(chunks) and b"}" in data:  # the JSON error body has arrived
+                return b"".join(chunks)
+
+
+def test_an_over_limit_body_gets_its_413_not_a_reset(ocr):
+    # The server reads (and drops) an over-limit body before answering, so the client, which is
+    # still sending when the server decides, reads the 413 rather than a connection reset; one
+    # waiting for 100 Continue gets the 413 at once, before sending anything.
+    backend = backend_for(ocr, slots=1, max_body_bytes=1_000_000)
+    body = b"{" + b" " * 8_500_000 + b"}"  # more than loopback's socket buffers hold: still sending
+    head = (b"POST /v1/chat/completions HTTP/1.1\r\nHost: t\r\nContent-Type: application/json\r\n"
+            b"Content-Length: %d\r\n" % len(body))
+    with BackgroundServer(backend) as srv:
+        for _ in range(5):
+            answer = _raw_request(srv.url, head + b"\r\n", body)
+            assert answer.startswith(b"HTTP/1.1 413"), answer[:200]
+        answer = _raw_request(srv.url, head + b"Expect: 100-continue\r\n\r\n", timeout=10)
+        assert answer.startswith(b"HTTP/1.1 413") and b"100 Continue" not in answer, answer[:200]
+        chunked = (b"POST /v1/chat/completions HTTP/1.1\r\nHost: t\r\nContent-Type: application/json\r\n"
+                   b"Transfer-Encoding: chunked\r\n\r\n")
+        piece = b" " * 500_000
+        chunks = b"".join(b"%x\r\n%s\r\n" % (len(piece), piece) for _ in range(4)) + b"0\r\n\r\n"
+        answer = _raw_request(srv.url, chunked, chunks)
+        assert answer.startswith(b"HTTP/1.1 413"), answer[:200]
+        assert httpx.get(srv.url + "/health").status_code == 200
 
 
 def test_a_failing_engine_step_fails_its_requests_only(ocr, monkeypatch):
