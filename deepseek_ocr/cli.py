@@ -105,6 +105,14 @@ def _positive_float(text: str) -> float:
     return value
 
 
+def generation_options(args: argparse.Namespace) -> dict:
+    """The `generate` keywords the command's options ask for."""
+    gen = {} if args.max_new_tokens is None else {"max_new_tokens": args.max_new_tokens}
+    if args.ignore_eos:
+        gen["ignore_eos"] = True
+    return gen
+
+
 def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(
         prog="deepseek-ocr", description="OCR images and PDFs into markdown with DeepSeek-OCR.",
@@ -133,6 +141,9 @@ def build_parser() -> argparse.ArgumentParser:
                     help="threads preparing pages ahead of the model (default 2)")
     ap.add_argument("--max-new-tokens", type=_positive_int, default=None,
                     help="output token limit per page (default: what the context allows)")
+    ap.add_argument("--ignore-eos", action="store_true",
+                    help="decode every page to --max-new-tokens, past the end-of-text token (for "
+                         "benchmarks: the same work per page whatever the weights)")
     ap.add_argument("--device", default=None, help="cuda, cuda:1, cpu (default: cuda when available)")
     ap.add_argument("--dtype", default=None, choices=DTYPE_NAMES,
                     help="bfloat16, float16, float32 (default bf16 on GPU, fp32 on CPU)")
@@ -305,7 +316,7 @@ def _run_pages(args: argparse.Namespace, pages: list, prompt: str, mode: Mode, m
             print("note: --model random has random weights: its text is gibberish. It shows the "
                   "pipeline end to end; use the official weights for real OCR.", file=err)
 
-    gen = {} if args.max_new_tokens is None else {"max_new_tokens": args.max_new_tokens}
+    gen = generation_options(args)
     settings = {"model": str(ocr.folder) if ocr else args.model, "random_weights": random_weights,
                 "mode": mode.name, "prompt": prompt,
                 "device": str(ocr.device) if ocr else None,

@@ -69,6 +69,28 @@ def inputs(folder: Path) -> Path:
     return folder
 
 
+def test_ignore_eos_decodes_each_page_to_the_limit(ckpt, reuse_model, model, tmp_path, capsys):
+    # End of text made the most likely token from the first step: a page stops at once ("stop",
+    # no text token), unless --ignore-eos asks for every page to run to --max-new-tokens.
+    from test_generation import forced_logits
+    make_image(tmp_path / "a.png", (120, 90))
+    eos = model.tokenizer.eos_id
+
+    def edit(_call, logits):
+        logits[:, eos] = 1e4
+
+    records = {}
+    with forced_logits(model, edit):
+        for flag in ([], ["--ignore-eos"]):
+            out = tmp_path / f"out{len(flag)}"
+            assert main([str(tmp_path / "a.png"), "--model", str(ckpt), "--out", str(out), "--quiet", "--json",
+                         *FAST, *flag]) == 0
+            capsys.readouterr()
+            records[bool(flag)] = json.loads((out / "a" / "page-0001.json").read_text())
+    assert records[False]["finish_reason"] == "stop" and records[False]["tokens"]["text"] == 0
+    assert records[True]["finish_reason"] == "length" and records[True]["tokens"]["text"] == 4
+
+
 def test_prompt_presets_and_modes():
     assert resolve_prompt("markdown") == "<image>\n<|grounding|>Convert the document to markdown."
     assert resolve_prompt("free") == "<image>\nFree OCR."
