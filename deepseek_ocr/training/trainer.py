@@ -45,7 +45,8 @@ from .prefetch import StepPrefetcher
 from .distributed import all_reduce_sum, for_training, world
 from .errors import NonFiniteLossError, TrainingError, TrainingOOMError
 from .evaluate import evaluate
-from .lora import LoraConfig, apply_lora, merge_lora
+from .export import export_run
+from .lora import LoraConfig, apply_lora
 from .monitor import Monitor
 from .optim import build_optimizer
 from .schedule import lr_at
@@ -378,7 +379,9 @@ class Trainer:
                 return result
             result.eval = self.run_eval(monitor) or last_eval
             self.precision.finish()
-            self._export(result)
+            result.adapter_dir, result.model_dir = export_run(
+                self.ocr, self.module, self.cfg, rank=self.rank,
+                fsdp=self.dist.enabled and self.cfg.strategy == "fsdp", output_dir=self.output_dir)
             monitor.write({"event": "end", "step": self.state.step, "elapsed_s": self.state.elapsed_s})
             return result
         finally:
@@ -386,23 +389,3 @@ class Trainer:
             for s, h in old_handlers.items():
                 signal.signal(s, h)
             monitor.close()
-
-    def _export(self, result: TrainResult) -> None:
-        """The final adapter (LoRA) and the model in the official layout (LoRA merged)."""
-        if self.dist.enabled and self.cfg.strategy == "fsdp":
-            # Gather every sharded parameter back into whole tensors on every rank (FSDP2's
-            # unshard is a collective), so rank 0 can write the official layout.
-            from torch.distributed.fsdp import FSDPModule
-            for m in self.module.modules():
-                if isinstance(m, FSDPModule):
-                    m.unshard()
-        if self.rank != 0:
-            return
-        if self.cfg.uses_lora:
-            from .adapter import save_adapter
-            result.adapter_dir = save_adapter(self.ocr.model, self.output_dir / "adapter",
-                                              base_model_name_or_path=self.cfg.model)
-        if self.cfg.save_model:
-            if self.cfg.uses_lora:
-                merge_lora(self.ocr.model)  # the run is over: the merged weights are the result
-            result.model_dir = self.ocr.save_pretrained(self.output_dir / "model")
