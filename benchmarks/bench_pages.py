@@ -36,6 +36,9 @@ def main():
     ap.add_argument("--workers", type=int, default=8)
     ap.add_argument("--out", default="bench_pages.json")
     ap.add_argument("--warm", action="store_true", help="grow the pool and capture every graph before timing")
+    ap.add_argument("--prefill-tokens", type=int, default=None,
+                    help="prompt tokens the engine admits per step (default: the engine's; `serve` uses 16384 "
+                         "on a GPU, so an A/B against the server sets this to match)")
     ap.add_argument("--variants", default="", help="comma-separated: default, no_ngram, switch (see below)")
     a = ap.parse_args()
     folder = Path(a.folder)
@@ -51,6 +54,8 @@ def main():
         warm = list(run_pages(ocr, refs[:2], batch_size=2, workers=2, max_new_tokens=8, ignore_eos=True))
         assert all(o.error is None for o in warm), [o.error for o in warm]
         eng = engine_for(ocr.model, ocr.tokenizer)
+        if a.prefill_tokens:
+            eng.prefill_tokens = a.prefill_tokens
         runs = []
         if a.warm:
             # Steady state only: the pool at the size these pages need and every bucket's graph
@@ -90,7 +95,7 @@ def main():
                          "peak_gb": round(torch.cuda.max_memory_allocated() / 2**30, 2), "engine": spent})
             print(json.dumps(runs[-1]), flush=True)
     res = {"device": torch.cuda.get_device_name(), "pages": a.pages, "tokens_per_page": a.tokens,
-           "batch_size": a.batch_size, "workers": a.workers, "runs": runs}
+           "batch_size": a.batch_size, "workers": a.workers, "prefill_tokens": eng.prefill_tokens, "runs": runs}
     Path(a.out).write_text(json.dumps(res, indent=1))
     print(json.dumps(res, indent=1))
 

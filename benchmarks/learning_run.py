@@ -31,6 +31,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import dataclasses
+import itertools
 import json
 import math
 import os
@@ -451,13 +452,38 @@ def main(argv=None):
         run_eval()
     if masters:
         masters.to_compute()  # after load_state, which wrote the masters
-    for packed in loader:
-        batch = [from_numpy(d, device) for d in packed]
-        if train_s >= stop_s or (a.max_steps is not None and step >= a.max_steps):
-            break
+    # Training time is the loop's wall time, evaluations excepted (loader waits count). The host
+    # does not wait for each step: a step's numbers (ce, gradient norm) are read after the next
+    # step has been queued, so the GPU runs one step while the host queues the next (reading
+    # them at once left the GPU idle while the host queued every kernel of the step).
+    def sync():
         if device.type == "cuda":
             torch.cuda.synchronize()
-        t = time.perf_counter()
+
+    def record(numbers) -> bool:
+        at_step, at_s, ce_t, gnorm_t = numbers
+        ce, gnorm = (float(v) for v in torch.stack([ce_t.float(), gnorm_t.float()]).tolist())
+        if not math.isfinite(ce):
+            print(f"non-finite loss at step {at_step}; stopping", flush=True)
+            return False
+        if at_step % 10 == 0 or a.smoke:
+            log["loss_curve"].append([at_step, round(at_s, 2), round(ce, 4), round(gnorm, 3)])
+        if at_step % 50 == 0:
+            print(f"step {at_step:6d}  {at_s / 60:5.2f} min  ce {ce:.3f}  |g| {gnorm:.2f}  "
+                  f"{samples / max(at_s, 1e-9):.0f} samples/s", flush=True)
+        return True
+
+    # The workers start (and make their first batches) before the clock does, as the model's load.
+    batches = iter(loader)
+    batches = itertools.chain([next(batches)], batches)
+    sync()
+    base_s, mark = train_s, time.perf_counter()
+    pending = None
+    for packed in batches:
+        train_s = base_s + time.perf_counter() - mark
+        if train_s >= stop_s or (a.max_steps is not None and step >= a.max_steps):
+            break
+        batch = [from_numpy(d, device) for d in packed]
         for g in opt.param_groups:
             g["lr"] = lr_at(step, train_s / decay_s, a.lr, a.warmup) * g["lr_scale"]
         with amp:
@@ -470,24 +496,28 @@ def main(argv=None):
         opt.zero_grad(set_to_none=True)
         if masters:
             masters.refresh()
-        ce = float(res.ce.detach())
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-        train_s += time.perf_counter() - t
         step += 1
         samples += len(batch)
-        if not math.isfinite(ce):
-            print(f"non-finite loss at step {step}; stopping", flush=True)
+        if pending is not None and not record(pending):
+            pending = None
             break
-        if step % 10 == 0 or a.smoke:
-            log["loss_curve"].append([step, round(train_s, 2), round(ce, 4), round(float(gnorm), 3)])
-        if step % 50 == 0:
-            print(f"step {step:6d}  {train_s / 60:5.2f} min  ce {ce:.3f}  |g| {float(gnorm):.2f}  "
-                  f"{samples / max(train_s, 1e-9):.0f} samples/s", flush=True)
-        if step % a.eval_every == 0:
-            run_eval()
-        if a.profile and step == (2 if a.smoke else 20):
-            profile_steps(ocr, batch, opt, params, amp, a, masters)
+        pending = (step, base_s + time.perf_counter() - mark, res.ce.detach(), gnorm.detach())
+        if step % a.eval_every == 0 or (a.profile and step == (2 if a.smoke else 20)):
+            sync()
+            train_s = base_s + time.perf_counter() - mark
+            if not record(pending):
+                pending = None
+                break
+            pending = None
+            if step % a.eval_every == 0:
+                run_eval()
+            if a.profile and step == (2 if a.smoke else 20):
+                profile_steps(ocr, batch, opt, params, amp, a, masters)
+            base_s, mark = train_s, time.perf_counter()
+    sync()
+    train_s = base_s + time.perf_counter() - mark
+    if pending is not None:
+        record(pending)
     if not log["evals"] or log["evals"][-1]["step"] != step:
         run_eval()
     if masters:

@@ -68,6 +68,21 @@ def _requires_grad(module: torch.nn.Module) -> bool:
     return any(p.requires_grad for p in module.parameters())
 
 
+def to_device(t: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """`t` on `device`, without making the host wait for the GPU.
+
+    A plain copy from pageable host memory to a GPU waits for every kernel already queued
+    (torch synchronizes the stream around it), so each one in the step stopped the host from
+    queueing the next kernels until the GPU had drained. Copied from page-locked memory with
+    `non_blocking`, it is queued like a kernel; the pinned buffer is kept until the copy ran
+    (torch's caching host allocator records it on the stream)."""
+    if t.device == device:
+        return t
+    if device.type == "cuda" and t.device.type == "cpu":
+        return (t if t.is_pinned() else t.pin_memory()).to(device, non_blocking=True)
+    return t.to(device)
+
+
 def encode_vision(model: DeepseekOCRModel, batch: Sequence[PreparedInputs],
                   agree_sizes: Callable[[set[int]], list[int]] | None = None
                   ) -> tuple[list[torch.Tensor | None], torch.Tensor | None]:
@@ -118,9 +133,10 @@ def encode_vision(model: DeepseekOCRModel, batch: Sequence[PreparedInputs],
                 term = vision.layout(vision.encode_views(blank)[0], None, (1, 1)).sum() * 0.0
                 keep_alive = term if keep_alive is None else keep_alive + term
                 continue
-            # (views prepared as uint8 levels become their bf16 pixels first: a batch may mix both)
-            tokens = vision.encode_views(torch.cat([pixels_from_codes(v) if v.dtype == torch.uint8 else v
-                                                    for _, _, v in views]).to(device))
+            # (views prepared as uint8 levels become their bf16 pixels on the device, after the
+            # copy of half the bytes: a batch may mix both)
+            tokens = vision.encode_views(torch.cat([pixels_from_codes(to_device(v, device)) if v.dtype == torch.uint8
+                                                    else to_device(v, device) for _, _, v in views]))
             for (i, kind, v), chunk in zip(views, tokens.split([v.shape[0] for _, _, v in views])):
                 encoded[(i, kind)] = chunk
         for i in todo:
@@ -157,7 +173,8 @@ def balance_loss(scores: torch.Tensor, topk_ids: torch.Tensor, valid: torch.Tens
 def _pad_batch(model: DeepseekOCRModel, batch: Sequence[PreparedInputs],
                vision_rows: list[torch.Tensor | None], pad_id: int
                ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Right-padded `(embeds [B, T, H], labels [B, T], valid [B, T])`."""
+    """Right-padded `(embeds [B, T, H] on the model's device, labels [B, T], valid [B, T])`;
+    labels and valid stay on the host, where the loss counts and selects without a GPU wait."""
     device = model.decoder.embed_tokens.weight.device
     lengths = [inp.num_tokens for inp in batch]
     t_max = max(lengths)
@@ -175,8 +192,9 @@ def _pad_batch(model: DeepseekOCRModel, batch: Sequence[PreparedInputs],
     # One embedding lookup for the whole batch: its backward makes one dense [vocab, hidden]
     # gradient (a lookup per sample made one each, summed: three vocab-sized tensors at once).
     # masked_scatter fills the image positions in row-major order: sample by sample, in order.
-    embeds = model.merge_embeddings(ids.to(device), mask.to(device), torch.cat(rows) if rows else None)
-    return embeds, labels.to(device), valid.to(device)
+    embeds = model.merge_embeddings(to_device(ids, device), to_device(mask, device),
+                                    torch.cat(rows) if rows else None, n_slots=int(mask.sum()))
+    return embeds, labels, valid
 
 
 def _layer_step(layer, x, cos, sin, valid, aux_alpha: float | None):
@@ -214,7 +232,8 @@ def compute_loss(model: DeepseekOCRModel, batch: Sequence[PreparedInputs], *, pa
             raise TrainingInputError(f"sample {i} has no labels: prepare it with answer=...")
     cfg = model.decoder.cfg
     vision_rows, keep_alive = encode_vision(model, batch, agree_sizes)
-    embeds, labels, valid = _pad_batch(model, batch, vision_rows, pad_id)
+    embeds, labels, valid_host = _pad_batch(model, batch, vision_rows, pad_id)
+    valid = to_device(valid_host, embeds.device)
     b, t, _ = embeds.shape
     positions = torch.arange(t, device=embeds.device)[None].expand(b, t)
     cos, sin = rope_cos_sin(positions, cfg.head_dim, cfg.rope_theta, embeds.dtype)
@@ -227,25 +246,28 @@ def compute_loss(model: DeepseekOCRModel, batch: Sequence[PreparedInputs], *, pa
         else:
             x, aux = _layer_step(layer, x, cos, sin, valid, alpha)
         aux_total = aux_total + aux
-    # Position p predicts token p+1: score only where that next token is labelled.
-    targets = labels[:, 1:]
-    scored = targets != IGNORE_INDEX
+    # Position p predicts token p+1: score only where that next token is labelled. Counted and
+    # selected from the host's labels (a boolean mask on the GPU would wait for the decoder).
+    scored = labels[:, 1:] != IGNORE_INDEX
     num_labels = int(scored.sum())
     if num_labels == 0:
         raise TrainingInputError("no labelled token in the batch (every answer is empty?)")
-    hidden = model.decoder.norm(x[:, :-1][scored])  # (n_labels, H)
+    rows_b, rows_p = scored.nonzero(as_tuple=True)  # row-major, as boolean indexing orders them
+    flat = to_device(rows_b * t + rows_p, x.device)  # positions in x viewed as [B*T, H]
+    targets = to_device(labels[rows_b, rows_p + 1], x.device)
+    hidden = model.decoder.norm(x.reshape(b * t, -1).index_select(0, flat))  # (n_labels, H)
     head = model.decoder.lm_head
     if (type(head) is torch.nn.Linear and head.bias is None
             and num_labels * head.out_features >= CHUNKED_CE_MIN_ELEMENTS):
         # Float32 logits as the official code (a float64 model keeps float64), a chunk of
         # positions at a time (chunked_ce: the [n, vocab] logits are never held whole).
-        ce = linear_cross_entropy_sum(hidden, head.weight, targets[scored]) / num_labels
+        ce = linear_cross_entropy_sum(hidden, head.weight, targets) / num_labels
     else:  # small enough to hold (no recomputation), or a replaced head: its own forward
         logits = head(hidden)
         logits = logits if logits.dtype == torch.float64 else logits.float()
-        ce = F.cross_entropy(logits, targets[scored], reduction="mean")
+        ce = F.cross_entropy(logits, targets, reduction="mean")
     loss = ce + aux_total if aux_loss else ce
     if keep_alive is not None:
         loss = loss + keep_alive
         ce = ce + keep_alive
-    return LossOutput(loss=loss, ce=ce, aux=aux_total, num_labels=num_labels, num_tokens=int(valid.sum()))
+    return LossOutput(loss=loss, ce=ce, aux=aux_total, num_labels=num_labels, num_tokens=int(valid_host.sum()))

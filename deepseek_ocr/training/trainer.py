@@ -221,8 +221,12 @@ class Trainer:
         total_labels = int(all_reduce_sum(sum(n_labels), self.dist))  # float64: exact below 2**53
         total_seqs = sum(len(mb) for mb in micro) * self.world_size
         step = self.state.step
-        ce_sum = aux_sum = 0.0
         tokens = 0
+        # The losses stay on the device until the step's one wait for the GPU (after the
+        # gradient norm): reading each as it is made would stop the host from queueing the
+        # backward pass until the forward had run, and the optimizer until the backward had.
+        # A non-finite loss is still found before the optimizer touches the weights.
+        losses, ces, auxes = [], [], []
         for j, mb in enumerate(micro):
             # DDP: reduce gradients once, after the last micro-batch of the step.
             no_sync = j < len(micro) - 1 and hasattr(self.module, "no_sync")
@@ -232,14 +236,6 @@ class Trainer:
                 with self.autocast():
                     out = self.module(mb, aux_loss=self.cfg.aux_loss,
                                       gradient_checkpointing=self.cfg.gradient_checkpointing)
-                if not bool(torch.isfinite(out.loss)):
-                    start = j * self.cfg.batch_size
-                    names = [_source(inp, indices[start + k]) for k, inp in enumerate(mb)]
-                    raise NonFiniteLossError(
-                        f"the loss is {float(out.loss.detach())} at step {step + 1} (micro-batch {j + 1} of {len(micro)}), "
-                        f"samples: {', '.join(names)}. Nothing was saved for this step; the last good "
-                        f"checkpoint is {self.last_checkpoint or 'none'}. Lower lr, check these samples, or "
-                        "resume from the checkpoint.", step + 1, names)
                 objective = out.ce * (out.num_labels * self.world_size / total_labels)
                 if self.cfg.aux_loss:
                     objective = objective + out.aux * (len(mb) * self.world_size / total_seqs)
@@ -249,11 +245,25 @@ class Trainer:
                 raise self._oom(mb) from None
             finally:
                 sync.__exit__(None, None, None)
-            ce_sum += float(out.ce.detach()) * out.num_labels
-            aux_sum += float(out.aux.detach()) * len(mb)
+            losses.append(out.loss.detach())
+            ces.append(out.ce.detach() * out.num_labels)
+            auxes.append(out.aux.detach() * len(mb))
             tokens += out.num_tokens
         max_norm = self.cfg.max_grad_norm if self.cfg.max_grad_norm > 0 else math.inf
-        grad_norm = float(torch.nn.utils.clip_grad_norm_(self.step_params, max_norm))
+        norm = torch.nn.utils.clip_grad_norm_(self.step_params, max_norm)
+        norm = norm.full_tensor() if hasattr(norm, "full_tensor") else norm  # FSDP2: a DTensor
+        values = torch.stack([v.float().reshape(()).to(norm.device) for v in (*losses, *ces, *auxes, norm)]).tolist()
+        n = len(micro)
+        for j, value in enumerate(values[:n]):
+            if not math.isfinite(value):
+                start = j * self.cfg.batch_size
+                names = [_source(inp, indices[start + k]) for k, inp in enumerate(micro[j])]
+                raise NonFiniteLossError(
+                    f"the loss is {value} at step {step + 1} (micro-batch {j + 1} of {n}), "
+                    f"samples: {', '.join(names)}. The weights were not updated for this step; the last good "
+                    f"checkpoint is {self.last_checkpoint or 'none'}. Lower lr, check these samples, or "
+                    "resume from the checkpoint.", step + 1, names)
+        ce_sum, aux_sum, grad_norm = sum(values[n:2 * n]), sum(values[2 * n:3 * n]), values[-1]
         if not math.isfinite(grad_norm):
             names = [_source(inp, i) for inp, i in zip((x for mb in micro for x in mb), indices)]
             raise NonFiniteLossError(f"the gradient norm is {grad_norm} at step {step + 1}, samples: "

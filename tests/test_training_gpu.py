@@ -1,0 +1,78 @@
+"""The training objective on a GPU queues its work without waiting for it (CUDA only).
+
+A host wait inside the step (a pageable copy to the GPU, `int(t.sum())` of a device tensor, a
+boolean-mask index) stops the host from queueing the next kernels until the GPU has drained,
+so a launch-heavy step runs as host time plus GPU time instead of the larger of the two.
+CUDA's sync debug mode reports every such wait; this test runs a forward and backward pass of
+the `paper` preset under it and lists where each wait came from.
+
+    DEEPSEEK_OCR_TEST_DEVICE=cuda python -m pytest tests/test_training_gpu.py
+"""
+import traceback
+import warnings
+
+import pytest
+import torch
+from PIL import Image, ImageDraw
+
+from conftest import TEST_DEVICE
+
+pytestmark = pytest.mark.skipif(not (TEST_DEVICE.startswith("cuda") and torch.cuda.is_available()),
+                                reason="CUDA only (DEEPSEEK_OCR_TEST_DEVICE=cuda)")
+
+
+def _page(text: str) -> Image.Image:
+    img = Image.new("RGB", (640, 480), "white")
+    ImageDraw.Draw(img).text((40, 60), text, fill="black")
+    return img
+
+
+def _waits_during(fn) -> list[str]:
+    """Run fn under CUDA's sync debug mode ("warn"); each synchronizing call's Python stack."""
+    found: list[str] = []
+
+    def note(message, category, filename, lineno, file=None, line=None):
+        if "synchronizing" in str(message):
+            stack = [f"{f.filename}:{f.lineno} {f.name}" for f in traceback.extract_stack()[:-1]]
+            found.append(f"{message}\n    " + "\n    ".join(stack[-8:]))
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("always")
+        warnings.showwarning = note
+        torch.cuda.set_sync_debug_mode("warn")
+        try:
+            fn()
+        finally:
+            torch.cuda.set_sync_debug_mode("default")
+    return found
+
+
+def test_a_training_step_does_not_wait_for_the_gpu(small_checkpoint):
+    from deepseek_ocr import DeepseekOCR
+    from deepseek_ocr.training.trainable import set_trainable
+    ocr = DeepseekOCR.from_pretrained(small_checkpoint, device=TEST_DEVICE, dtype=torch.float32)
+    set_trainable(ocr.model, "paper")
+    ocr.model.train()
+    batch = [ocr.prepare(_page("invoice 42"), "<image>\nFree OCR.", mode="tiny", answer="invoice 42"),
+             ocr.prepare(_page("total 7"), "<image>\nFree OCR.", mode="tiny", answer="total 7", pixel_codes=True),
+             ocr.prepare(None, "Say hello.", answer="hello")]  # text-only in the same batch
+
+    def step():
+        with torch.autocast("cuda", dtype=torch.bfloat16):
+            out = ocr.loss(batch)
+        out.loss.backward()
+        return out
+
+    first = step()  # first use: kernels compiled, pinned buffers and workspaces allocated
+    torch.cuda.synchronize()
+    ocr.model.zero_grad(set_to_none=True)
+    results = []
+    waits = _waits_during(lambda: results.append(step()))
+    torch.cuda.synchronize()
+    assert not waits, f"{len(waits)} host waits in the step:\n" + "\n".join(waits)
+    # The same batch, the same weights: the same loss (bf16 kernels may order sums differently).
+    assert torch.isfinite(results[0].loss)
+    assert abs(float(results[0].ce) - float(first.ce)) <= 1e-3 * abs(float(first.ce))
+    assert results[0].num_labels == first.num_labels and results[0].num_tokens == first.num_tokens
+    grads = [p.grad for p in ocr.model.vision.clip.parameters() if p.grad is not None]
+    assert grads and all(torch.isfinite(g).all() for g in grads)
