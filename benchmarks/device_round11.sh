@@ -7,6 +7,9 @@
 #   bash benchmarks/device_round11.sh learn  # the learning run, 8 training minutes in one call
 #   bash benchmarks/device_round11.sh e      # the HTTP layer's cost: pipeline and server alternating,
 #                                            # both at the server's 16384 prompt tokens per step
+#   bash benchmarks/device_round11.sh final  # (.whl/, .shared/) the GPU training test again (image rows
+#                                            # placed by index), then the learning run for 7.5 minutes
+#                                            # with its views made as uint8 levels in the workers
 set -u
 . benchmarks/device_env.sh  # $PY, the carried wheels, $OUT, device.txt
 full_checkpoint() {
@@ -58,5 +61,14 @@ PY
       echo "server $i"; grep -E "pages/s|preparing" "/tmp/server_$i.log"
     done
     ;;
-  *) echo "usage: $0 ab|learn|e" >&2; exit 2 ;;
+  final)
+    "$PY" .shared/parity/make_checkpoint.py /tmp/ck --layers 3 --experts 8 --topk 6 >/dev/null
+    DEEPSEEK_OCR_SHARED=$PWD/.shared DEEPSEEK_OCR_SMALL_CKPT=/tmp/ck DEEPSEEK_OCR_TEST_DEVICE=cuda CI=1 \
+      timeout 90 "$PY" -m pytest -q -rs -p no:hypothesispytest tests/test_training_gpu.py > "$OUT/gpu_tests_final.log" 2>&1
+    tail -25 "$OUT/gpu_tests_final.log"
+    timeout 500 "$PY" benchmarks/learning_run.py --minutes 7.5 --preset paper --lr 3e-4 --batch 64 --workers 12 \
+      --eval-every 750 --out "$OUT/learning11b" > "$OUT/learning11b.log" 2>&1
+    grep -E "CER|done|Error|samples/s" "$OUT/learning11b.log" | tail -14
+    ;;
+  *) echo "usage: $0 ab|learn|e|final" >&2; exit 2 ;;
 esac

@@ -85,7 +85,10 @@ class Lines:
         text = " ".join(lines)  # the target is exactly what is drawn
         img = render_lines(lines, size=(self.canvas, self.canvas), font_size=self.font_size, rng=rng,
                            jitter=self.jitter)
-        inputs = build_inputs(self.tokenizer, PROMPT, make_views(img, self.mode), self.mode)
+        # The views as uint8 levels (a sixth of the worker's time of bf16 pixels, which had to
+        # be turned back into levels by `pack_views` to cross the pipe): unpacked to the same
+        # bf16 pixels on the training device.
+        inputs = build_inputs(self.tokenizer, PROMPT, make_views(img, self.mode, codes=True), self.mode)
         return (with_answer(self.tokenizer, inputs, text) if answer else inputs), text
 
 
@@ -101,11 +104,12 @@ LEVELS = pixel_levels()
 
 
 def pack_views(t: torch.Tensor) -> tuple:
-    """bf16 views -> ("levels", uint8 codes, channels): the index of each value's first level, and
-    one channel when all three agree (black text on white). A sixth of bf16's bytes or less,
-    exactly reversible by `unpack_views`: the batches cross a pipe into the training process,
-    whose loader thread unpickles them while holding the GIL the training step needs."""
-    codes = torch.bucketize(t.float(), LEVELS.float()).to(torch.uint8)
+    """bf16 views, or their uint8 levels (`make_views(..., codes=True)`) -> ("levels", uint8
+    codes, channels): for bf16, the index of each value's first level; one channel when all three
+    agree (black text on white). A sixth of bf16's bytes or less, exactly reversible by
+    `unpack_views`: the batches cross a pipe into the training process, whose loader thread
+    unpickles them while holding the GIL the training step needs."""
+    codes = t if t.dtype == torch.uint8 else torch.bucketize(t.float(), LEVELS.float()).to(torch.uint8)
     gray = bool((codes == codes[:, :1]).all()) if codes.shape[0] else True
     return ("levels", (codes[:, :1] if gray else codes).numpy(), 1 if gray else 3)
 
@@ -119,7 +123,7 @@ def unpack_views(packed: tuple, device: torch.device) -> torch.Tensor:
 
 
 def _arr(t: torch.Tensor):
-    if t.dtype == torch.bfloat16 and t.dim() == 4:  # views
+    if t.dtype in (torch.bfloat16, torch.uint8) and t.dim() == 4:  # views (pixels or levels)
         return pack_views(t)
     # numpy has no bfloat16: carry its bits as int16 and say so.
     return ("bf16", t.view(torch.int16).numpy()) if t.dtype == torch.bfloat16 else t.numpy()

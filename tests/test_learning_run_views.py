@@ -47,6 +47,43 @@ def test_gray_and_color_views_round_trip_exactly():
             assert back.dtype == torch.bfloat16 and torch.equal(back, t)
 
 
+def test_views_made_as_levels_unpack_to_the_bf16_views():
+    lr = load()
+    rng = np.random.default_rng(1)
+    gray = np.repeat(rng.integers(0, 256, (300, 410, 1), dtype=np.uint8), 3, axis=2)
+    color = rng.integers(0, 256, (700, 900, 3), dtype=np.uint8)
+    for pixels, mode, channels in ((gray, "tiny", 1), (color, "gundam", 3)):
+        codes = make_views(Image.fromarray(pixels), resolve_mode(mode), codes=True)
+        views = make_views(Image.fromarray(pixels), resolve_mode(mode))
+        for c, t in ((codes.global_view, views.global_view), (codes.crops, views.crops)):
+            packed = lr.pack_views(c)
+            assert packed[2] == channels
+            assert torch.equal(lr.unpack_views(packed, torch.device("cpu")), t)
+
+
+def test_a_training_sample_carries_the_bf16_views_of_its_image():
+    lr = load()
+    import random
+    from deepseek_ocr.processing.tokenizer import Tokenizer
+    sys.path.insert(0, str(REPO / "benchmarks"))
+    try:
+        from synthetic_text import render_lines, wrap
+    finally:
+        sys.path.remove(str(REPO / "benchmarks"))
+    tok = Tokenizer.from_folder(REPO / "deepseek_ocr" / "assets" / "tokenizer")
+    lines = lr.Lines(tok, "tiny", 50, 3, 256, 24)
+    inputs, text = lines.sample(random.Random(3))
+    back = lr.from_numpy(lr.to_numpy(inputs))
+    # The same draws again, the image made into bf16 views the plain way (`make_views`).
+    rng = random.Random(3)
+    words = " ".join(rng.choice(lines.words) for _ in range(rng.randint(lines.min_words, lines.max_words)))
+    drawn = wrap(words, int(0.85 * 256 / (0.55 * 24)))[:lines.max_lines]
+    assert " ".join(drawn) == text
+    image = render_lines(drawn, size=(256, 256), font_size=24, rng=rng, jitter=lines.jitter)
+    expected = make_views(image, resolve_mode("tiny"))
+    assert back.global_view.dtype == torch.bfloat16 and torch.equal(back.global_view, expected.global_view)
+
+
 def test_sample_round_trip_through_numpy():
     lr = load()
     from deepseek_ocr.processing.prompt import build_inputs

@@ -191,9 +191,9 @@ def _pad_batch(model: DeepseekOCRModel, batch: Sequence[PreparedInputs],
     rows = [r for r in vision_rows if r is not None]
     # One embedding lookup for the whole batch: its backward makes one dense [vocab, hidden]
     # gradient (a lookup per sample made one each, summed: three vocab-sized tensors at once).
-    # masked_scatter fills the image positions in row-major order: sample by sample, in order.
-    embeds = model.merge_embeddings(to_device(ids, device), to_device(mask, device),
-                                    torch.cat(rows) if rows else None, n_slots=int(mask.sum()))
+    # The image positions are filled in row-major order: sample by sample, in order.
+    slots = to_device(mask.reshape(-1).nonzero().squeeze(1), device)  # found on the host: no GPU wait
+    embeds = model.merge_embeddings(to_device(ids, device), None, torch.cat(rows) if rows else None, slots=slots)
     return embeds, labels, valid
 
 
