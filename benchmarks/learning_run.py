@@ -24,7 +24,8 @@ trained on) is read with batched greedy `generate` every `--eval-every` steps an
 
 Writes into `--out`: log.json (config, every eval: step, train seconds, CER, WER, loss, samples;
 the loss curve), cer.png (CER and training loss against training minutes), and the last
-predictions. The time budget counts training steps only; evaluations are timed separately.
+predictions. The time budget is the training loop's wall time (steps and loader waits; the
+workers' start and the evaluations are outside it, the evaluations timed separately).
 """
 from __future__ import annotations
 
