@@ -14,9 +14,6 @@ set -u
 . benchmarks/device_env.sh  # $PY, the carried wheels, $OUT, device.txt
 LEARN=(--minutes 10 --decay-minutes 8 --preset paper --lr 3e-4 --batch 64 --workers 12 --eval-every 750
        --state .learning_state --out "$OUT/learning10")
-full_checkpoint() {
-  [ -f /tmp/full/config.json ] || "$PY" -c "from deepseek_ocr import make_random_checkpoint; make_random_checkpoint('/tmp/full', layers=12, experts=64, topk=6)"
-}
 case "${1:-}" in
   a)
     rm -rf .learning_state

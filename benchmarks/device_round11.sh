@@ -11,17 +11,10 @@
 #                                            # placed by index), then the learning run for 7.5 minutes
 #                                            # with its views made as uint8 levels in the workers
 set -u
-. benchmarks/device_env.sh  # $PY, the carried wheels, $OUT, device.txt
-full_checkpoint() {
-  [ -f /tmp/full/config.json ] || "$PY" -c "from deepseek_ocr import make_random_checkpoint; make_random_checkpoint('/tmp/full', layers=12, experts=64, topk=6)"
-}
+. benchmarks/device_env.sh  # $PY, the carried wheels, $OUT, device.txt, full_checkpoint, gpu_tests
 case "${1:-}" in
   ab)
-    "$PY" .shared/parity/make_checkpoint.py /tmp/ck --layers 3 --experts 8 --topk 6 >/dev/null
-    DEEPSEEK_OCR_SHARED=$PWD/.shared DEEPSEEK_OCR_SMALL_CKPT=/tmp/ck DEEPSEEK_OCR_TEST_DEVICE=cuda CI=1 \
-      timeout 120 "$PY" -m pytest -q -rs -p no:hypothesispytest tests/test_training_gpu.py tests/test_grouped_experts.py \
-      > "$OUT/gpu_tests.log" 2>&1
-    tail -25 "$OUT/gpu_tests.log"
+    gpu_tests "$OUT/gpu_tests.log" 120 tests/test_training_gpu.py tests/test_grouped_experts.py
     full_checkpoint
     cp deepseek_ocr/training/objective.py /tmp/objective_after.py
     B=(--workload page --mode paper --steps 6 --warmup 2 --no-check --checkpoint /tmp/full)
@@ -62,10 +55,7 @@ PY
     done
     ;;
   final)
-    "$PY" .shared/parity/make_checkpoint.py /tmp/ck --layers 3 --experts 8 --topk 6 >/dev/null
-    DEEPSEEK_OCR_SHARED=$PWD/.shared DEEPSEEK_OCR_SMALL_CKPT=/tmp/ck DEEPSEEK_OCR_TEST_DEVICE=cuda CI=1 \
-      timeout 90 "$PY" -m pytest -q -rs -p no:hypothesispytest tests/test_training_gpu.py > "$OUT/gpu_tests_final.log" 2>&1
-    tail -25 "$OUT/gpu_tests_final.log"
+    gpu_tests "$OUT/gpu_tests_final.log" 90 tests/test_training_gpu.py
     timeout 500 "$PY" benchmarks/learning_run.py --minutes 7.5 --preset paper --lr 3e-4 --batch 64 --workers 12 \
       --eval-every 750 --out "$OUT/learning11b" > "$OUT/learning11b.log" 2>&1
     grep -E "CER|done|Error|samples/s" "$OUT/learning11b.log" | tail -14

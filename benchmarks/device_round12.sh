@@ -7,17 +7,10 @@
 #                                             # warmup 300, each twice (~20 min over two calls: `spread 1`, `spread 2`)
 #   bash benchmarks/device_round12.sh prep    # the server at a burst of 256 with 4, 8 and 12 preparing threads
 set -u
-. benchmarks/device_env.sh  # $PY, the carried wheels, $OUT, device.txt
-full_checkpoint() {
-  [ -f /tmp/full/config.json ] || "$PY" -c "from deepseek_ocr import make_random_checkpoint; make_random_checkpoint('/tmp/full', layers=12, experts=64, topk=6)"
-}
+. benchmarks/device_env.sh  # $PY, the carried wheels, $OUT, device.txt, full_checkpoint, gpu_tests
 case "${1:-}" in
   gpu)
-    "$PY" .shared/parity/make_checkpoint.py /tmp/ck --layers 3 --experts 8 --topk 6 >/dev/null
-    DEEPSEEK_OCR_SHARED=$PWD/.shared DEEPSEEK_OCR_SMALL_CKPT=/tmp/ck DEEPSEEK_OCR_TEST_DEVICE=cuda CI=1 \
-      timeout 200 "$PY" -m pytest -q -rs -p no:hypothesispytest tests/test_training_gpu.py tests/test_grouped_experts.py \
-      tests/test_engine_gpu.py > "$OUT/gpu_tests.log" 2>&1
-    tail -5 "$OUT/gpu_tests.log"
+    gpu_tests "$OUT/gpu_tests.log" 200 tests/test_training_gpu.py tests/test_grouped_experts.py tests/test_engine_gpu.py
     ;;
   paper)
     full_checkpoint

@@ -208,6 +208,12 @@ class Trainer:
             "gradient_checkpointing=true, a smaller mode or max_length, or LoRA instead of full fine-tuning. "
             f"The last good checkpoint is {self.last_checkpoint or 'none (no checkpoint written yet)'}.")
 
+    def _non_finite(self, what: str, step: int, where: str, names: list[str]) -> NonFiniteLossError:
+        return NonFiniteLossError(
+            f"{what} at step {step}{where}, samples: {', '.join(names)}. The weights were not updated for this "
+            f"step; the last good checkpoint is {self.last_checkpoint or 'none'}. Lower lr, check these samples, "
+            "or resume from the checkpoint.", step, names)
+
     def _step(self, micro: list[list[PreparedInputs]], indices: list[int]) -> dict:
         """One optimizer update over the accumulated micro-batches; returns its record."""
         # Normalization: the update must equal one step on the whole accumulated batch, whose
@@ -222,10 +228,9 @@ class Trainer:
         total_seqs = sum(len(mb) for mb in micro) * self.world_size
         step = self.state.step
         tokens = 0
-        # The losses stay on the device until the step's one wait for the GPU (after the
-        # gradient norm): reading each as it is made would stop the host from queueing the
-        # backward pass until the forward had run, and the optimizer until the backward had.
-        # A non-finite loss is still found before the optimizer touches the weights.
+        # The losses stay on the device until the step's one wait for the GPU, after the gradient
+        # norm (read at once, the host could not queue the backward pass until the forward had run);
+        # a non-finite loss is still found before the optimizer touches the weights.
         losses, ces, auxes = [], [], []
         for j, mb in enumerate(micro):
             # DDP: reduce gradients once, after the last micro-batch of the step.
@@ -257,18 +262,12 @@ class Trainer:
         for j, value in enumerate(values[:n]):
             if not math.isfinite(value):
                 start = j * self.cfg.batch_size
-                names = [_source(inp, indices[start + k]) for k, inp in enumerate(micro[j])]
-                raise NonFiniteLossError(
-                    f"the loss is {value} at step {step + 1} (micro-batch {j + 1} of {n}), "
-                    f"samples: {', '.join(names)}. The weights were not updated for this step; the last good "
-                    f"checkpoint is {self.last_checkpoint or 'none'}. Lower lr, check these samples, or "
-                    "resume from the checkpoint.", step + 1, names)
+                raise self._non_finite(f"the loss is {value}", step + 1, f" (micro-batch {j + 1} of {n})",
+                                       [_source(inp, indices[start + k]) for k, inp in enumerate(micro[j])])
         ce_sum, aux_sum, grad_norm = sum(values[n:2 * n]), sum(values[2 * n:3 * n]), values[-1]
         if not math.isfinite(grad_norm):
-            names = [_source(inp, i) for inp, i in zip((x for mb in micro for x in mb), indices)]
-            raise NonFiniteLossError(f"the gradient norm is {grad_norm} at step {step + 1}, samples: "
-                                     f"{', '.join(names)}; the last good checkpoint is {self.last_checkpoint or 'none'}",
-                                     step + 1, names)
+            raise self._non_finite(f"the gradient norm is {grad_norm}", step + 1, "",
+                                   [_source(inp, i) for inp, i in zip((x for mb in micro for x in mb), indices)])
         lr = self.lr(step)
         for group in self.optimizer.param_groups:
             group["lr"] = lr
