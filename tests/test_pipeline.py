@@ -251,7 +251,9 @@ def test_interrupted_run_leaves_complete_files_and_resumes(ocr, tmp_path):
         outcomes = list(run_pages(ocr, pages, mode=FAST, batch_size=3, workers=2, out_dir=out, **GEN))
     finally:
         del ocr.generate
-    assert calls == [4 - len(written)]  # only the pages without files ran
+    # Only the pages without files ran (none at all when the engine had finished every page
+    # before the interrupt reached the loop).
+    assert calls == ([4 - len(written)] if len(written) < 4 else [])
     assert [o.status for o in outcomes] == ["skipped"] * len(written) + ["ok"] * (4 - len(written))
     for o in outcomes[:len(written)]:  # read back from the first run's files
         record = json.loads(first[o.page.number])
