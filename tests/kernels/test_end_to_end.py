@@ -7,10 +7,11 @@ is the Router's torch path at every size);
 the greedy tokens must equal those the official code recorded (float32). The same test runs
 compiled on a GPU (`DEEPSEEK_OCR_TEST_DEVICE=cuda`).
 
-On the CPU, SAM's attention kernel runs on one block of each grid it meets (a 14x14 window
-block and a 32x32 global block in tiny mode) and the other ten blocks take the reference: those ten are
-the same launches on the same shapes, and interpreting them cost ~100 of the test's ~140 s.
-`tests/kernels/test_sam_attention.py` checks the kernel on every grid the model uses.
+On the CPU, SAM's attention kernel runs on one block: the first 14x14 window block; the other
+window blocks and the global 32x32 blocks of tiny mode take the reference. Interpreted, the
+window block costs ~13 s on the development machine and one global block ~44 s (the other
+blocks ~100 s more); `tests/kernels/test_sam_attention.py` checks the kernel on every grid the
+model uses, the 32x32 global grid included (one head), against float64.
 """
 from __future__ import annotations
 
@@ -35,8 +36,8 @@ def test_triton_path_reproduces_recorded_tokens(name, small_model, golden, share
         for impl in impls:
             def counting(*args, _impl=impl, _op=op):
                 if on_cpu and _op == "sam_attention":
-                    grid = tuple(args[-1])  # (h, w): one interpreted block per distinct grid
-                    if grid in sam_grids_run:
+                    grid = tuple(args[-1])  # (h, w): one interpreted window block, see the docstring
+                    if grid in sam_grids_run or grid != (14, 14):
                         return None  # declined: this block takes the reference path
                     sam_grids_run.add(grid)
                 out = _impl(*args)
@@ -56,7 +57,7 @@ def test_triton_path_reproduces_recorded_tokens(name, small_model, golden, share
     assert set(calls) == {"moe_experts", "attention_prefill", "attention_paged_decode",
                           "sam_attention", "add_rms_norm", "rope_and_store"}, calls
     if on_cpu:
-        assert sam_grids_run == {(14, 14), (32, 32)}, sam_grids_run
+        assert sam_grids_run == {(14, 14)}, sam_grids_run
     assert res.token_ids == f.get_tensor(f"{name}.output_ids").tolist()[:n]
     if n == 12:
         assert res.text == c["text"]

@@ -71,7 +71,8 @@ def max_err(a, b):
 
 
 # (grid, batch, heads, table rows (h, w), dtype): windows, a 7x7 grid, a global 16x16, a 10x10,
-# a non-square 6x9; table rows 2*S-1 (trained size) or another count (get_rel_pos resizes).
+# a non-square 6x9, the global 32x32 of a 1024 view (which the CPU end-to-end test leaves to the
+# reference); table rows 2*S-1 (trained size) or another count (get_rel_pos resizes).
 CASES = [
     ((14, 14), 1, 2, (27, 27), torch.float32),
     ((14, 14), 3, 2, (27, 27), torch.float16),
@@ -82,6 +83,7 @@ CASES = [
     ((10, 10), 3, 2, (127, 127), torch.float16),
     ((10, 10), 1, 2, (19, 19), torch.float32),
     ((6, 9), 1, 2, (11, 17), torch.float32),
+    ((32, 32), 1, 1, (63, 63), torch.float32),  # a 1024 view's global grid (one head: its cost)
 ]
 
 
