@@ -32,7 +32,6 @@ import logging
 import os
 import time
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Iterable, Iterator, Sequence
 
@@ -40,54 +39,17 @@ import torch
 
 from ..engine.transfer import pin_views
 from ..errors import DeepseekOCRError, PromptError
-from ..generation.generate import GenerationResult, generate
+from ..generation.generate import generate
 from ..inputs import PageRef
 from ..ocr import DEFAULT_PROMPT
-from ..postprocess import PageRender, render_page
 from ..processing.views import Mode, resolve_mode
 from . import writer
 from .continuous import OutOfMemoryError, run_continuous, runs_on_engine
 from .feed import PAGE_ERRORS, _Feed, _Immediate, _Slot
+from .outcome import PageOutcome, finish_page
 from .progress import NullWatch
 
 logger = logging.getLogger(__name__)
-
-
-
-@dataclass
-class PageOutcome:
-    """What became of one page.
-
-    Attributes:
-        page: the input page.
-        result: the generation result (read back from its json for a skipped page; None when
-            the page failed before generating).
-        render: markdown, boxes, crops (None for skipped and failed pages).
-        error: what went wrong, or None.
-        error_type: the exception's class name (e.g. "InvalidImageError", "OutOfMemoryError").
-        skipped: done by an earlier run (`resume=True`) and not redone.
-        seconds: time spent on this page: its loading and preparation, its share of the batch's
-            generation, rendering and writing.
-        record: the page's json content (as written, or as read back when skipped).
-        redone: why an earlier run's result of this page was not reused (other settings), or None.
-    """
-
-    page: PageRef
-    result: GenerationResult | None
-    render: PageRender | None
-    error: str | None = None
-    error_type: str | None = None
-    skipped: bool = False
-    seconds: float = 0.0
-    record: dict = field(default_factory=dict)
-    redone: str | None = None
-
-    @property
-    def status(self) -> str:
-        """"ok", "failed" or "skipped"."""
-        if self.skipped:
-            return "skipped"
-        return "ok" if self.error is None else "failed"
 
 
 @contextlib.contextmanager
@@ -219,52 +181,8 @@ class _Runner:
         self._generate(slots[half:])
 
     # -------------------------------------------------------------------------- finishing
-    def _base_record(self, slot: _Slot) -> dict:
-        page = slot.page
-        return {"format": writer.PAGE_FORMAT, "document": page.document.name,
-                "source": str(page.document.path), "kind": page.document.kind,
-                "page": page.number, "index": page.index,
-                "scope": getattr(page, "scope", "page"), "run": slot.run}
-
     def _finish(self, slot: _Slot) -> PageOutcome:
-        page = slot.page
-        if slot.skipped is not None:
-            record, result = slot.skipped
-            return PageOutcome(page, result, None, skipped=True, seconds=0.0, record=record)
-        render = None
-        if slot.error is None:
-            t0 = time.perf_counter()
-            # The official post-processing works on the stripped text (`result.text`); the
-            # exact decoded ids go to page-XXXX.raw.txt.
-            render = render_page(slot.result.text, slot.image, page_name=writer.page_stem(page.number),
-                                 images_dir="images")
-            slot.timings["render_s"] = time.perf_counter() - t0
-        seconds = sum(v for k, v in slot.timings.items() if k.endswith("_s"))
-        record = self._base_record(slot)
-        if slot.error is not None:
-            error_type, message = slot.error
-            record.update(status="failed", error=message, error_type=error_type, seconds=round(seconds, 4))
-            if slot.result is not None:
-                record.update(finish_reason=slot.result.finish_reason, tokens=writer.token_figures(slot.result))
-            if self.out_dir is not None:
-                writer.write_page_error(self.out_dir, record)
-            return PageOutcome(page, slot.result, None, message, error_type, seconds=seconds, record=record,
-                               redone=slot.redone)
-        result = slot.result
-        record.update(
-            status="ok", error=None, width=slot.image.width, height=slot.image.height,
-            mode={"name": self.mode.name, "base_size": self.mode.base_size,
-                  "image_size": self.mode.image_size, "crop": self.mode.crop},
-            prompt=self.prompt, finish_reason=result.finish_reason,
-            tokens=writer.token_figures(result), token_ids=list(result.token_ids),
-            boxes=render.boxes, problems=render.problems,
-            timings={k: round(v, 4) if isinstance(v, float) else v for k, v in slot.timings.items()},
-            seconds=round(seconds, 4))
-        if self.out_dir is not None:
-            t0 = time.perf_counter()
-            record = writer.write_page(self.out_dir, record, result, render)
-            seconds += time.perf_counter() - t0
-        return PageOutcome(page, result, render, seconds=seconds, record=record, redone=slot.redone)
+        return finish_page(slot, mode=self.mode, prompt=self.prompt, out_dir=self.out_dir)
 
     def _track_document(self, outcome: PageOutcome) -> None:
         """Write a document's markdown as soon as its last page is through: known from the page
