@@ -240,10 +240,12 @@ def profile_steps(ocr, batch, opt, params, amp, a, masters=None) -> None:
 
 
 def tower_and_rest_optimizer(model: torch.nn.Module, lr: float, weight_decay: float,
-                             tower_lr_scale: float, substitute=None) -> torch.optim.AdamW:
+                             tower_lr_scale: float, substitute=None, beta2: float = 0.999) -> torch.optim.AdamW:
     """AdamW (the library's decay / no-decay groups) with the vision tower (SAM, CLIP) at
     `tower_lr_scale` times the learning rate of the rest (projector, decoder); each group's
-    `lr_scale` multiplies the schedule's rate."""
+    `lr_scale` multiplies the schedule's rate. `beta2`: the second moment's decay (0.95, as
+    models trained from scratch commonly use, forgets a gradient scale that has since grown
+    within ~20 steps instead of ~1,000: updates stay near the rate when gradients jump)."""
     named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
     tower = [(n, p) for n, p in named if n.startswith(("vision.sam.", "vision.clip."))]
     rest = [(n, p) for n, p in named if not n.startswith(("vision.sam.", "vision.clip."))]
@@ -253,7 +255,7 @@ def tower_and_rest_optimizer(model: torch.nn.Module, lr: float, weight_decay: fl
             g["lr_scale"] = scale
             groups.append(g)
     fused = all(p.is_cuda for _, p in named)
-    return torch.optim.AdamW(groups, lr=lr, weight_decay=weight_decay, fused=fused or None)
+    return torch.optim.AdamW(groups, lr=lr, betas=(0.9, beta2), weight_decay=weight_decay, fused=fused or None)
 
 
 def lr_at(step: int, frac: float, base: float, warmup: int) -> float:
@@ -342,6 +344,8 @@ def main(argv=None):
     ap.add_argument("--warmup", type=int, default=100)
     ap.add_argument("--tower-lr-scale", type=float, default=1.0,
                     help="the vision tower's learning rate as a multiple of --lr (projector and decoder take --lr)")
+    ap.add_argument("--beta2", type=float, default=0.999,
+                    help="AdamW's second-moment decay (the runs recorded before 2026-12-03's eleventh session: 0.999)")
     ap.add_argument("--clip", type=float, default=1.0)
     ap.add_argument("--residual-init-scale", type=float, default=0.1,
                     help="scale of the vision tower's residual-branch outputs at init (1: as the random checkpoint)")
@@ -414,7 +418,7 @@ def main(argv=None):
     if device.type == "cuda" and a.master_weights:
         masters = MasterWeights([p for _, p in matmul_weights(ocr.model, exclude=(ocr.model.decoder.lm_head,))])
     opt = tower_and_rest_optimizer(ocr.model, a.lr, 0.01, a.tower_lr_scale,
-                                   substitute=masters.master_of if masters else None)
+                                   substitute=masters.master_of if masters else None, beta2=a.beta2)
     params = [masters.master_of(p) if masters else p for p in ocr.model.parameters() if p.requires_grad]
     amp = torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else torch.autocast("cpu", enabled=False)
     budget = a.minutes * 60

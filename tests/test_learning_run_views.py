@@ -95,3 +95,30 @@ def test_sample_round_trip_through_numpy():
     back = lr.from_numpy(lr.to_numpy(inputs))
     for name in ("input_ids", "images_seq_mask", "images_spatial_crop", "global_view", "crops"):
         assert torch.equal(getattr(back, name), getattr(inputs, name)), name
+
+
+def test_optimizer_groups_take_the_tower_scale_and_beta2():
+    """The tower (SAM, CLIP) and the rest split into the library's decay / no-decay groups, each
+    with its rate multiple, and --beta2 reaches every group; one step moves a weight by the rate
+    (Adam's first step is lr * sign(g) when bias-corrected, whatever beta2)."""
+    lr = load()
+    model = torch.nn.Module()
+    model.vision = torch.nn.Module()
+    model.vision.sam = torch.nn.Linear(3, 2)
+    model.vision.clip = torch.nn.Linear(3, 2)
+    model.vision.projector = torch.nn.Linear(3, 2)
+    model.decoder = torch.nn.Linear(3, 2)
+    opt = lr.tower_and_rest_optimizer(model, 1e-2, 0.0, 0.5, beta2=0.95)
+    named = {id(p): n for n, p in model.named_parameters()}
+    groups = {(g["group"], g["lr_scale"]): sorted(named[id(p)] for p in g["params"]) for g in opt.param_groups}
+    assert groups == {
+        ("decay", 0.5): ["vision.clip.weight", "vision.sam.weight"],
+        ("no_decay", 0.5): ["vision.clip.bias", "vision.sam.bias"],
+        ("decay", 1.0): ["decoder.weight", "vision.projector.weight"],
+        ("no_decay", 1.0): ["decoder.bias", "vision.projector.bias"]}
+    assert all(g["betas"] == (0.9, 0.95) for g in opt.param_groups)
+    assert all(g["betas"] == (0.9, 0.999) for g in lr.tower_and_rest_optimizer(model, 1e-2, 0.0, 1.0).param_groups)
+    before = model.decoder.weight.detach().clone()
+    model.decoder.weight.grad = torch.full_like(before, -3.0)
+    opt.step()
+    torch.testing.assert_close(model.decoder.weight.detach(), before + 1e-2, rtol=0, atol=1e-6)
