@@ -323,6 +323,76 @@ def test_nan_loss_stops_and_keeps_the_last_checkpoint(tmp_path, ocr, samples):
         assert torch.isfinite(f.get_tensor("decoder.norm.weight")).all()
 
 
+def test_nan_loss_with_skip_drops_that_step_only(tmp_path, ocr, samples, monkeypatch):
+    """RELIABILITY 28, "or skips, if asked": a batch whose loss is NaN (step 3 of 5) leaves the
+    weights as step 2 left them, is logged as skipped, and the later steps train on."""
+    from deepseek_ocr.training.distributed import LossModule
+    real = LossModule.forward
+    calls = []
+
+    def nan_at_third_call(self, batch, *args, **kwargs):
+        out = real(self, batch, *args, **kwargs)
+        calls.append(len(batch))
+        if len(calls) == 3:
+            out.ce = out.ce * float("nan")
+            out.loss = out.loss * float("nan")
+        return out
+
+    monkeypatch.setattr(LossModule, "forward", nan_at_third_call)
+    cfg = _cfg(tmp_path, preset="decoder", lr=1e-3, max_steps=5, batch_size=2, on_nonfinite="skip")
+    weights = {}
+    result = Trainer(ocr, cfg, samples, on_step=lambda t, r: weights.__setitem__(r["step"], _trained(t.ocr))).train()
+    assert result.step == 5 and len(calls) == 5
+    assert [r["loss"] is None for r in result.losses] == [False, False, True, False, False]
+    for name, w in weights[3].items():  # not updated at step 3 ...
+        assert torch.equal(w, weights[2][name]), name
+    moved = [n for n, w in weights[4].items() if not torch.equal(w, weights[3][n])]
+    assert moved and all(torch.isfinite(w).all() for w in weights[5].values())  # ... then trained on
+    log = [json.loads(line) for line in (tmp_path / "run" / "log.jsonl").read_text().splitlines()]
+    skipped = [r for r in log if "skipped" in r]
+    assert [r["step"] for r in skipped] == [3] and "the loss is nan at step 3" in skipped[0]["skipped"]
+    assert "sample-" in skipped[0]["skipped"] and skipped[0]["grad_norm"] == "nan"
+
+
+def test_skipping_stops_after_ten_non_finite_steps_in_a_row(tmp_path, ocr, samples):
+    cfg = _cfg(tmp_path, preset="decoder", lr=1e-3, max_steps=20, batch_size=2, on_nonfinite="skip")
+
+    def poison(trainer, record):
+        if record["step"] == 2:  # every later step is NaN: the run has diverged
+            with torch.no_grad():
+                trainer.ocr.model.decoder.norm.weight.fill_(float("nan"))
+
+    with pytest.raises(NonFiniteLossError) as err:
+        Trainer(ocr, cfg, samples, on_step=poison).train()
+    assert err.value.step == 12 and "10 steps in a row" in str(err.value)
+
+
+def test_skip_is_decided_by_every_rank_together(monkeypatch):
+    """With several ranks the verdicts are summed: a rank whose own loss was finite skips too
+    when another rank's was not (else it would step and wait in a collective the others skip)."""
+    from deepseek_ocr.training import nonfinite
+    from deepseek_ocr.training.nonfinite import NonFiniteSteps
+    others, reduced = {"bad": 1.0}, []
+
+    def all_reduce_sum(value, ctx):  # this rank's verdict plus the other ranks'
+        reduced.append(value)
+        return value + others["bad"]
+
+    monkeypatch.setattr(nonfinite, "all_reduce_sum", all_reduce_sum)
+    policy = NonFiniteSteps("skip", limit=3)
+    skipped = policy.skip(None, 7, dist=object())
+    assert skipped is not None and skipped.step == 7 and "another rank" in str(skipped)
+    others["bad"] = 0.0
+    assert policy.skip(None, 8, dist=object()) is None and policy.in_a_row == 0 and policy.skipped == 1
+    stop = NonFiniteSteps("stop")
+    others["bad"] = 1.0
+    assert stop.skip(None, 1, dist=object()) is None and len(reduced) == 2  # no collective under "stop"
+    with pytest.raises(NonFiniteLossError):
+        stop.skip(NonFiniteLossError("the loss is nan", 2, []), 2)
+    with pytest.raises(ValueError, match="on_nonfinite"):
+        NonFiniteSteps("ignore")
+
+
 def test_out_of_memory_is_explained(tmp_path, ocr, samples, monkeypatch):
     def oom(*args, **kwargs):
         raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 20.00 GiB")

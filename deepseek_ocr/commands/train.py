@@ -57,6 +57,9 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--batch-size", type=int, help="samples per micro-batch (default 1)")
     g.add_argument("--grad-accum", type=int, help="micro-batches per optimizer step (default 1)")
     g.add_argument("--max-grad-norm", type=float, help="clip the gradient norm (default 1.0; 0: off)")
+    g.add_argument("--on-nonfinite", choices=("stop", "skip"),
+                   help="a NaN/Inf loss or gradient norm stops the run (default) or skips that step's update "
+                        "(10 in a row still stop it)")
     g.add_argument("--gradient-checkpointing", action="store_const", const=True)
     g.add_argument("--no-aux-loss", dest="aux_loss", action="store_const", const=False,
                    help="leave out the MoE balance loss")
@@ -140,7 +143,9 @@ def _train(cfg: TrainConfig, args: argparse.Namespace) -> int:
         print(f"deepseek-ocr train: {type(exc).__name__}: {exc}", file=sys.stderr)
         return EXIT_FAILED
     summary = {"step": result.step, "interrupted": result.interrupted,
-               "final_loss": result.losses[-1]["loss"] if result.losses else None,
+               # The last applied step's (a step skipped for a NaN/Inf loss has none).
+               "final_loss": next((r["loss"] for r in reversed(result.losses) if r["loss"] is not None), None),
+               "skipped_steps": sum(r["loss"] is None for r in result.losses),
                "checkpoint": result.checkpoint, "adapter": result.adapter_dir, "model": result.model_dir,
                "eval": result.eval}
     write_json(Path(cfg.output_dir) / "result.json", summary)

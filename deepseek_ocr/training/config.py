@@ -62,7 +62,9 @@ class TrainConfig:
         lr (default 2e-4 for LoRA, 3e-5 otherwise), min_lr_ratio, weight_decay, betas, eps,
         warmup_steps, schedule (cosine, linear, constant), max_steps and/or epochs (the first
         reached ends the run), batch_size (samples per micro-batch), grad_accum (micro-batches
-        per optimizer step), max_grad_norm (0: no clipping), aux_loss (MoE balance loss),
+        per optimizer step), max_grad_norm (0: no clipping), on_nonfinite ("stop" the run at a
+        NaN/Inf loss or gradient norm, or "skip" that step's update; training/nonfinite.py),
+        aux_loss (MoE balance loss),
         gradient_checkpointing, seed, dtype ("auto": bf16 autocast on CUDA, float32 on CPU;
         "bfloat16": bf16 autocast on any device; master weights always float32), master_weights
         (off by default; with bf16 compute in one process: the trainable matmul weights train as
@@ -119,6 +121,7 @@ class TrainConfig:
     batch_size: int = 1
     grad_accum: int = 1
     max_grad_norm: float = 1.0
+    on_nonfinite: str = "stop"
     aux_loss: bool = True
     gradient_checkpointing: bool = False
     seed: int = 0
@@ -268,7 +271,7 @@ _FLOAT = ("lora_dropout", "min_lr_ratio", "weight_decay", "eps", "max_grad_norm"
 _OPT_FLOAT = ("lora_alpha", "lr", "epochs")
 _BOOL = ("lora_rslora", "aux_loss", "gradient_checkpointing", "save_model", "cache_vision", "progress",
          "tensorboard", "master_weights", "bf16_frozen_base")
-_STR = ("model", "data_format", "on_error", "mode", "length_policy", "schedule", "dtype", "output_dir",
+_STR = ("model", "data_format", "on_error", "on_nonfinite", "mode", "length_policy", "schedule", "dtype", "output_dir",
         "strategy")
 _OPT_STR = ("image_root", "prompt", "preset", "device")
 
@@ -339,6 +342,8 @@ def _value_problems(c: TrainConfig) -> list[str]:
         p.append(f"dtype must be one of {', '.join(DTYPES)}, got {c.dtype!r}")
     if c.on_error not in ("stop", "skip"):
         p.append(f"on_error must be 'stop' or 'skip', got {c.on_error!r}")
+    if c.on_nonfinite not in ("stop", "skip"):
+        p.append(f"on_nonfinite must be 'stop' or 'skip', got {c.on_nonfinite!r}")
     if c.length_policy not in ("error", "drop"):
         p.append(f"length_policy must be 'error' or 'drop', got {c.length_policy!r}")
     if c.max_steps is None and c.epochs is None:
@@ -383,7 +388,7 @@ RESUMABLE_CHANGES = frozenset({
     "max_steps", "epochs", "output_dir", "checkpoint_every", "keep_checkpoints", "eval_every", "log_every",
     "eval_data", "eval_max_samples", "eval_batch_size", "eval_max_new_tokens", "save_model", "progress",
     "tensorboard", "device", "cache_vision", "on_error", "image_root", "prepare_workers", "master_weights",
-    "bf16_frozen_base",
+    "bf16_frozen_base", "on_nonfinite",
 })
 
 

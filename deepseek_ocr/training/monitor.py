@@ -98,7 +98,7 @@ class Monitor:
     def advance(self, n: int, record: dict | None = None) -> None:
         if self._bar is None:
             return
-        if record is not None:
+        if record is not None and record.get("loss") is not None:  # a skipped step has no loss
             self._bar.set_postfix(loss=f"{record['loss']:.4f}", lr=f"{record['lr']:.2e}",
                                   tok_s=f"{record.get('tokens_per_s', 0):.0f}", refresh=False)
         self._bar.update(n)

@@ -13,7 +13,8 @@ checkpoints and evaluations see the float32 values) instead of autocast's cast a
 
 Stops: SIGINT/SIGTERM set a flag checked between steps; the loop then writes a checkpoint and
 returns `interrupted=True` (a second SIGINT aborts at once). A NaN/Inf loss or gradient norm
-raises `NonFiniteLossError` naming the step and its samples, and CUDA running out of memory
+raises `NonFiniteLossError` naming the step and its samples (or, with `on_nonfinite="skip"`, the
+step's update is dropped and its record says why: nonfinite.py), and CUDA running out of memory
 raises `TrainingOOMError` with the batch's shape and advice; neither writes a checkpoint, so
 the last good one stays the latest.
 """
@@ -43,11 +44,12 @@ from .data.sampler import SampleOrder
 from .precision import Precision
 from .prefetch import StepPrefetcher
 from .distributed import all_reduce_sum, for_training, world
-from .errors import NonFiniteLossError, TrainingError, TrainingOOMError
+from .errors import NonFiniteLossError, TrainingError, TrainingOOMError  # noqa: F401 (the first is re-exported)
 from .evaluate import evaluate
 from .export import export_run
 from .lora import LoraConfig, apply_lora
 from .monitor import Monitor
+from .nonfinite import NonFiniteSteps, non_finite_error
 from .optim import build_optimizer
 from .schedule import lr_at
 from .trainable import set_trainable
@@ -128,6 +130,7 @@ class Trainer:
         self.vision_frozen = not any(p.requires_grad for p in root.vision.parameters())
         root.train()
         self.module, self.dist = for_training(ocr, cfg)
+        self.non_finite = NonFiniteSteps(cfg.on_nonfinite)
         self.precision = Precision(cfg.dtype, self.device, root, master_weights=cfg.master_weights,
                                    bf16_frozen_base=cfg.bf16_frozen_base, distributed=self.dist.enabled)
         # Clipping and the optimizer work on the float32 masters where there are some.
@@ -208,12 +211,6 @@ class Trainer:
             "gradient_checkpointing=true, a smaller mode or max_length, or LoRA instead of full fine-tuning. "
             f"The last good checkpoint is {self.last_checkpoint or 'none (no checkpoint written yet)'}.")
 
-    def _non_finite(self, what: str, step: int, where: str, names: list[str]) -> NonFiniteLossError:
-        return NonFiniteLossError(
-            f"{what} at step {step}{where}, samples: {', '.join(names)}. The weights were not updated for this "
-            f"step; the last good checkpoint is {self.last_checkpoint or 'none'}. Lower lr, check these samples, "
-            "or resume from the checkpoint.", step, names)
-
     def _step(self, micro: list[list[PreparedInputs]], indices: list[int]) -> dict:
         """One optimizer update over the accumulated micro-batches; returns its record."""
         # Normalization: the update must equal one step on the whole accumulated batch, whose
@@ -258,17 +255,27 @@ class Trainer:
         norm = torch.nn.utils.clip_grad_norm_(self.step_params, max_norm)
         norm = norm.full_tensor() if hasattr(norm, "full_tensor") else norm  # FSDP2: a DTensor
         values = torch.stack([v.float().reshape(()).to(norm.device) for v in (*losses, *ces, *auxes, norm)]).tolist()
-        n = len(micro)
+        n, error = len(micro), None
         for j, value in enumerate(values[:n]):
             if not math.isfinite(value):
                 start = j * self.cfg.batch_size
-                raise self._non_finite(f"the loss is {value}", step + 1, f" (micro-batch {j + 1} of {n})",
-                                       [_source(inp, indices[start + k]) for k, inp in enumerate(micro[j])])
+                error = non_finite_error(f"the loss is {value}", step + 1, f" (micro-batch {j + 1} of {n})",
+                                         [_source(inp, indices[start + k]) for k, inp in enumerate(micro[j])],
+                                         self.last_checkpoint)
+                break
         ce_sum, aux_sum, grad_norm = sum(values[n:2 * n]), sum(values[2 * n:3 * n]), values[-1]
-        if not math.isfinite(grad_norm):
-            raise self._non_finite(f"the gradient norm is {grad_norm}", step + 1, "",
-                                   [_source(inp, i) for inp, i in zip((x for mb in micro for x in mb), indices)])
+        if error is None and not math.isfinite(grad_norm):
+            error = non_finite_error(f"the gradient norm is {grad_norm}", step + 1, "",
+                                     [_source(inp, i) for inp, i in zip((x for mb in micro for x in mb), indices)],
+                                     self.last_checkpoint)
         lr = self.lr(step)
+        error = self.non_finite.skip(error, step + 1, self.dist)  # raises unless on_nonfinite="skip"
+        if error is not None:  # the weights stay; the step counts (its samples are consumed)
+            self.optimizer.zero_grad(set_to_none=True)
+            return {"step": step + 1, "skipped": str(error), "loss": None, "ce": None, "aux": None, "lr": lr,
+                    "grad_norm": grad_norm if math.isfinite(grad_norm) else str(grad_norm),  # JSON has no NaN
+                    "tokens": int(all_reduce_sum(tokens, self.dist)),
+                    "samples": len(indices) * self.world_size}
         for group in self.optimizer.param_groups:
             group["lr"] = lr
         self.optimizer.step()
@@ -366,7 +373,7 @@ class Trainer:
                 short = {k: record[k] for k in ("step", "loss", "ce", "aux", "lr", "grad_norm")}
                 self.state.losses.append(short)
                 step = self.state.step
-                if step % c.log_every == 0 or step == self.total_steps:
+                if step % c.log_every == 0 or step == self.total_steps or "skipped" in record:
                     dt = max(time.perf_counter() - window_start, 1e-9)
                     record.update(tokens_per_s=window_tokens / dt, samples_per_s=window_samples / dt,
                                   epoch=position["epoch"])
