@@ -123,3 +123,17 @@ def test_run_mismatch_names_what_changed():
     assert "older version" in writer.run_mismatch({}, {"mode": 1})
     # Values compare as they read back from json: a tuple equals the list it was saved as.
     assert writer.run_mismatch({"run": {"g": [1, 2]}}, {"g": (1, 2)}) is None
+
+
+def test_bfloat16_on_a_gpu_without_it_is_refused_with_the_alternatives(monkeypatch):
+    """RELIABILITY 20 (no such GPU here: the CUDA queries are stubbed): bf16, asked for or the
+    GPU default, is refused naming the device and what to pass; float16 and float32 are taken."""
+    from deepseek_ocr.ocr import resolve_dtype
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: False)
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda *a, **k: "Tesla T4")
+    cuda = torch.device("cuda")
+    for asked in ("bfloat16", torch.bfloat16, None):
+        with pytest.raises(DeepseekOCRError, match=r"Tesla T4 has no bfloat16 support; pass dtype='float16'"):
+            resolve_dtype(asked, cuda)
+    assert resolve_dtype("float16", cuda) == torch.float16 and resolve_dtype("float32", cuda) == torch.float32
+    assert resolve_dtype("bfloat16", torch.device("cpu")) == torch.bfloat16

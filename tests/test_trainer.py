@@ -34,7 +34,7 @@ from deepseek_ocr.training.checkpoint import list_checkpoints
 from deepseek_ocr.training.config import TrainConfig
 from deepseek_ocr.training.evaluate import prompt_only
 from deepseek_ocr.training.lora import has_lora, merge_lora, unload
-from deepseek_ocr.training.trainer import NonFiniteLossError, Trainer, TrainingOOMError
+from deepseek_ocr.training.trainer import NonFiniteLossError, Trainer, TrainingError, TrainingOOMError
 from deepseek_ocr.weights.random import make_random_checkpoint
 
 TINY = dict(layers=2, experts=4, topk=2, dtype=torch.float32, hidden_size=64, heads=2,
@@ -391,6 +391,39 @@ def test_skip_is_decided_by_every_rank_together(monkeypatch):
         stop.skip(NonFiniteLossError("the loss is nan", 2, []), 2)
     with pytest.raises(ValueError, match="on_nonfinite"):
         NonFiniteSteps("ignore")
+
+
+def test_a_full_disk_stops_the_run_and_keeps_the_last_checkpoint(tmp_path, ocr, samples, monkeypatch):
+    """RELIABILITY 30: the second checkpoint's optimizer file fails half-written (ENOSPC): the run
+    stops with an error that says which step and why, step 1's checkpoint is intact and is what
+    `--resume auto` picks, and no partial folder is left."""
+    import errno
+
+    from deepseek_ocr.training import checkpoint
+    from deepseek_ocr.training.checkpoint import CheckpointWriteError, read_state, resolve_resume
+    real = checkpoint.save_file
+    writes = []
+
+    def save_file(tensors, path, metadata=None):
+        writes.append(Path(path).name)
+        if Path(path).name == "optimizer.safetensors" and "step-000002" in path:
+            Path(path).write_bytes(b"\0" * 1000)  # what was written before the disk filled
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real(tensors, path, metadata=metadata)
+
+    monkeypatch.setattr(checkpoint, "save_file", save_file)
+    cfg = _cfg(tmp_path, preset="decoder", lr=1e-3, max_steps=3, batch_size=2, checkpoint_every=1)
+    with pytest.raises(CheckpointWriteError) as err:
+        Trainer(ocr, cfg, samples).train()
+    text = str(err.value)
+    assert "step 2" in text and "No space left on device" in text and "step-000001" in text
+    assert isinstance(err.value, TrainingError)  # the command's exit code 1: the run failed
+    root = tmp_path / "run" / "checkpoints"
+    assert sorted(p.name for p in root.iterdir()) == ["step-000001"]
+    assert resolve_resume("auto", tmp_path / "run") == root / "step-000001"
+    assert read_state(root / "step-000001")["step"] == 1
+    with safe_open(str(root / "step-000001" / "optimizer.safetensors"), "pt") as f:
+        assert all(torch.isfinite(f.get_tensor(k)).all() for k in f.keys())
 
 
 def test_out_of_memory_is_explained(tmp_path, ocr, samples, monkeypatch):

@@ -33,6 +33,7 @@ from safetensors.torch import save_file
 
 from ..errors import DeepseekOCRError
 from .adapter import load_adapter, save_adapter
+from .errors import TrainingError
 
 FORMAT_VERSION = 1
 CHECKPOINTS = "checkpoints"
@@ -42,6 +43,11 @@ SLOT_SEP = "::"
 
 class CheckpointError(DeepseekOCRError):
     """A training checkpoint is missing, incomplete, or does not fit this run."""
+
+
+class CheckpointWriteError(CheckpointError, TrainingError):
+    """A checkpoint could not be written (a full disk, a lost mount): the run stops; the
+    checkpoints written before stay as they were."""
 
 
 @dataclass
@@ -179,25 +185,35 @@ def save_checkpoint(output_dir: str | os.PathLike, *, model: torch.nn.Module,
     tmp = root / (final.name + ".tmp")
     if tmp.exists():  # left by a crash in the middle of a write
         shutil.rmtree(tmp)
-    tmp.mkdir()
-    if lora:
-        save_adapter(model, tmp / "adapter", base_model_name_or_path=base_model)
-    else:
-        save_file({k: v.cpu().contiguous() for k, v in trainable_tensors(model).items()},
-                  str(tmp / "trainable.safetensors"), metadata={"format": "pt"})
-    opt_tensors, opt_json = optimizer_payload(optimizer)
-    save_file(opt_tensors, str(tmp / "optimizer.safetensors"), metadata={"format": "pt"})
-    _write_json(tmp / "optimizer.json", opt_json)
-    rng_tensors, rng_json = rng_state()
-    save_file(rng_tensors, str(tmp / "rng.safetensors"), metadata={"format": "pt"})
-    payload = {"format_version": FORMAT_VERSION, "lora": lora, "rng": rng_json,
-               "torch_version": torch.__version__, "saved_at": time.time(), **asdict(state)}
-    _write_json(tmp / "state.json", payload)  # written last: its presence marks a full folder
-    for path in tmp.rglob("*"):
-        if path.is_file():
-            _fsync_file(path)
-    for path in [*(p for p in tmp.rglob("*") if p.is_dir()), tmp]:
-        _fsync_dir(path)
+    try:
+        tmp.mkdir()
+        # One payload at a time (the weights, then AdamW's two moments): host memory holds one.
+        if lora:
+            save_adapter(model, tmp / "adapter", base_model_name_or_path=base_model)
+        else:
+            save_file({k: v.cpu().contiguous() for k, v in trainable_tensors(model).items()},
+                      str(tmp / "trainable.safetensors"), metadata={"format": "pt"})
+        opt_tensors, opt_json = optimizer_payload(optimizer)
+        save_file(opt_tensors, str(tmp / "optimizer.safetensors"), metadata={"format": "pt"})
+        del opt_tensors
+        _write_json(tmp / "optimizer.json", opt_json)
+        rng_tensors, rng_json = rng_state()
+        save_file(rng_tensors, str(tmp / "rng.safetensors"), metadata={"format": "pt"})
+        payload = {"format_version": FORMAT_VERSION, "lora": lora, "rng": rng_json,
+                   "torch_version": torch.__version__, "saved_at": time.time(), **asdict(state)}
+        _write_json(tmp / "state.json", payload)  # written last: its presence marks a full folder
+        for path in tmp.rglob("*"):
+            if path.is_file():
+                _fsync_file(path)
+        for path in [*(p for p in tmp.rglob("*") if p.is_dir()), tmp]:
+            _fsync_dir(path)
+    except (OSError, SafetensorError) as exc:  # a full disk, a lost mount, a read-only folder
+        shutil.rmtree(tmp, ignore_errors=True)  # the partial folder: its space back, nothing to mistake
+        kept = list_checkpoints(output_dir)
+        raise CheckpointWriteError(
+            f"could not write the checkpoint of step {state.step} to {final}: {exc}. The checkpoints "
+            f"written before are kept (latest: {kept[-1][1] if kept else 'none'}); free space and resume "
+            "with --resume auto.") from None
     old = None
     if final.exists():  # the same step again (resumed from an older checkpoint, or saved twice)
         old = root / (final.name + ".old")
