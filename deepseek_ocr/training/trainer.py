@@ -269,7 +269,7 @@ class Trainer:
                                      [_source(inp, i) for inp, i in zip((x for mb in micro for x in mb), indices)],
                                      self.last_checkpoint)
         lr = self.lr(step)
-        error = self.non_finite.skip(error, step + 1, self.dist)  # raises unless on_nonfinite="skip"
+        error = self.non_finite.skip(error, step + 1, self.dist)  # raises under "stop", or ten skips in a row
         if error is not None:  # the weights stay; the step counts (its samples are consumed)
             self.optimizer.zero_grad(set_to_none=True)
             return {"step": step + 1, "skipped": str(error), "loss": None, "ce": None, "aux": None, "lr": lr,
