@@ -97,27 +97,12 @@ def page_image(text: str, width: int = 1240, height: int = 1754, font_size: int 
                         font_size=font_size, margin=60)
 
 
-def smoke_checkpoint(folder, **decoder) -> "Path":
-    """A random checkpoint with a shallow vision tower (SAM and CLIP of 2 layers each, official
-    widths) for the CPU smoke runs: the official 24-layer CLIP makes float32 AdamW need ~6 GB and
-    a step take a minute on a shared 2-core CPU. Same drawing and layout as
-    `make_random_checkpoint` (whose `random_config` keeps the official vision tower)."""
-    from dataclasses import replace
-
+def smoke_checkpoint(folder, **decoder):
+    """A float32 random checkpoint with a shallow vision tower (SAM and CLIP of 2 blocks each,
+    official widths) for the CPU smoke runs: the official 24-layer CLIP makes float32 AdamW need
+    ~6 GB and a step take a minute on a shared 2-core CPU."""
     import torch
 
-    from deepseek_ocr.config import ModelConfig
-    from deepseek_ocr.modeling import DeepseekOCRModel
-    from deepseek_ocr.weights import random as rnd
-    from deepseek_ocr.weights.names import expected_tensors
-    from deepseek_ocr.weights.saving import save_checkpoint
+    from deepseek_ocr.weights.random import make_random_checkpoint
 
-    cfg = rnd.random_config(decoder.pop("layers"), decoder.pop("experts"), decoder.pop("topk"), "float32", **decoder)
-    cfg = replace(cfg, sam=replace(cfg.sam, depth=2, global_attn_indexes=(1,)), clip=replace(cfg.clip, depth=2),
-                  raw={})  # to_dict returns `raw` (the file it was read from) when set
-    cfg = ModelConfig.from_dict(cfg.to_dict(), source="smoke_checkpoint")
-    with torch.device("meta"):
-        meta = DeepseekOCRModel(cfg)
-    tensors = ((name, rnd._draw(name, shape, 0))  # the library's scaled draw (private: same rule on purpose)
-               for name, (shape, _slot) in sorted(expected_tensors(meta).items()))
-    return save_checkpoint(folder, tensors, cfg.to_dict(), rnd.BUNDLED_TOKENIZER)
+    return make_random_checkpoint(folder, dtype=torch.float32, vision_depth=2, **decoder)

@@ -165,14 +165,28 @@ def test_windowed_rule_and_whitelist(small_model):
     assert wl.token_ids == [td] * 6
 
 
-def test_repetition_is_detected(small_model):
+def test_repetition_is_detected(small_model, monkeypatch):
+    """The loop stops a row whose tail is one block repeated. The detector's own rule and its
+    defaults (a 200-id tail) are tested in test_logits_processors.py; here a 20-id tail, so the
+    loop runs 20 steps instead of 200 (~2 s instead of ~18 on the CI machine)."""
+    import functools
+
+    from deepseek_ocr.engine import request
+    from deepseek_ocr.generation import generate as generate_module
+    from deepseek_ocr.generation.logits_processors import RepetitionDetector
+    short = functools.partial(RepetitionDetector, min_length=20)
+    monkeypatch.setattr(request, "RepetitionDetector", short)  # the engine's requests
+    monkeypatch.setattr(generate_module, "RepetitionDetector", short)  # the reference loop
+
     def edit(call, logits):
         logits[:, 4321] = 1e4
 
-    with forced_logits(small_model, edit):
-        r = small_model.generate(None, prompt=TEXT_PROMPTS[0], max_new_tokens=400,
-                                 no_repeat_ngram_size=None, stop_on_repetition=True)
-    assert r.finish_reason == "repetition" and len(r.token_ids) < 400
+    for fast in (True, False):
+        with forced_logits(small_model, edit):
+            r = small_model.generate(None, prompt=TEXT_PROMPTS[0], max_new_tokens=400, fast=fast,
+                                     no_repeat_ngram_size=None, stop_on_repetition=True)
+        # Period 1 from the first id: the tail is periodic with 20 ids after the 20th.
+        assert r.finish_reason == "repetition" and r.token_ids == [4321] * 20, (fast, r.token_ids[:30])
 
 
 def test_limits(small_model):

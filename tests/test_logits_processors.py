@@ -152,6 +152,8 @@ def test_logits_shape_checked() -> None:
 def test_repetition_detector_fires_on_periodic_tail() -> None:
     rng = random.Random(0)
     det = RepetitionDetector(max_period=50, min_repeats=5, min_length=200)
+    default = RepetitionDetector()  # what `stop_on_repetition` builds: these thresholds
+    assert (default.max_period, default.min_repeats, default.min_length) == (50, 5, 200)
     det.reset(3)
     block = [rng.randrange(1000) for _ in range(37)]
     intro = [rng.randrange(1000) for _ in range(100)]

@@ -616,13 +616,19 @@ def test_random_checkpoint_loads_and_runs(random_checkpoint):
 
 
 def test_random_checkpoint_depends_only_on_the_seed(tmp_path):
-    """Three builds with a narrow decoder: a build holds every tensor while it writes (3 GB or
-    more at full width, on top of the session's model), and the width changes nothing here:
-    each tensor is drawn from its own name's generator, and the narrow build still draws large
-    tensors (the full vision tower, the 129280 x 64 embedding)."""
+    """Three builds with a narrow decoder and a 2-block vision tower: a build holds every tensor
+    while it writes (3 GB or more at full size, on top of the session's model), and the size
+    changes nothing here: each tensor is drawn from its own name's generator, and the narrow
+    build still draws large tensors (SAM's and CLIP's blocks at their official widths, the
+    129280 x 64 embedding)."""
     narrow = dict(layers=2, experts=4, topk=2, hidden_size=64, heads=2, intermediate_size=128,
-                  moe_intermediate_size=32)
+                  moe_intermediate_size=32, vision_depth=2)
     first = make_random_checkpoint(tmp_path / "first", **narrow, seed=0)
+    from deepseek_ocr.config import ModelConfig
+    cfg = ModelConfig.from_dict(json.loads((first / "config.json").read_text()))
+    assert (cfg.sam.depth, cfg.sam.global_attn_indexes, cfg.clip.depth) == (2, (1,), 2)
+    with pytest.raises(ValueError, match="vision_depth"):
+        make_random_checkpoint(tmp_path / "none", **{**narrow, "vision_depth": 0})
     again = make_random_checkpoint(tmp_path / "again", **narrow, seed=0)
     for name in ("config.json", INDEX, *TOKENIZER_FILES):
         assert filecmp.cmp(first / name, again / name, shallow=False), name

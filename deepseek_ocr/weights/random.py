@@ -42,12 +42,15 @@ def _draw(name: str, shape: tuple[int, ...], seed: int) -> torch.Tensor:
 def random_config(layers: int = 12, experts: int = 64, topk: int = 6,
                   dtype: str = "bfloat16", *, hidden_size: int | None = None,
                   heads: int | None = None, intermediate_size: int | None = None,
-                  moe_intermediate_size: int | None = None) -> ModelConfig:
+                  moe_intermediate_size: int | None = None, vision_depth: int | None = None) -> ModelConfig:
     """The official configuration with a smaller decoder.
 
     `hidden_size`, `heads`, `intermediate_size` (dense MLP) and `moe_intermediate_size` (each
     expert) shrink the decoder's width too (None keeps the official value); the projector
     follows `hidden_size`. A narrow decoder is what a CPU test can train in seconds.
+    `vision_depth` (None: the official 12 SAM and 24 CLIP blocks) gives SAM and CLIP that many
+    blocks at their official widths, SAM keeping the official global-attention blocks below it
+    (or its last block global): a shallow tower for CPU smoke runs and tests.
     """
     base = ModelConfig()
     width = {k: v for k, v in (("hidden_size", hidden_size), ("num_heads", heads),
@@ -56,6 +59,12 @@ def random_config(layers: int = 12, experts: int = 64, topk: int = 6,
     decoder = replace(base.decoder, num_layers=layers, n_routed_experts=experts,
                       num_experts_per_tok=min(topk, experts), **width)
     cfg = replace(base, decoder=decoder, torch_dtype=dtype)
+    if vision_depth is not None:
+        if vision_depth < 1:
+            raise ValueError(f"vision_depth must be at least 1, got {vision_depth}")
+        global_blocks = tuple(i for i in base.sam.global_attn_indexes if i < vision_depth) or (vision_depth - 1,)
+        cfg = replace(cfg, sam=replace(base.sam, depth=vision_depth, global_attn_indexes=global_blocks),
+                      clip=replace(base.clip, depth=vision_depth))
     return ModelConfig.from_dict(cfg.to_dict(), source="random_config")
 
 
@@ -64,11 +73,12 @@ def make_random_checkpoint(folder: str | os.PathLike, *, layers: int = 12, exper
                            tokenizer_dir: str | os.PathLike | None = None,
                            hidden_size: int | None = None, heads: int | None = None,
                            intermediate_size: int | None = None,
-                           moe_intermediate_size: int | None = None) -> Path:
+                           moe_intermediate_size: int | None = None, vision_depth: int | None = None) -> Path:
     """Write a random checkpoint to `folder` (config.json, index, safetensors, tokenizer).
 
     Args:
-        layers, experts, topk: decoder size (the vision tower is always the official one).
+        layers, experts, topk: decoder size.
+        vision_depth: SAM and CLIP blocks (None: the official tower; see `random_config`).
         dtype: storage dtype of the tensors.
         seed: base seed; each tensor's generator is seeded with seed + crc32(name).
         tokenizer_dir: folder with tokenizer.json etc. (default: the bundled tokenizer).
@@ -77,7 +87,7 @@ def make_random_checkpoint(folder: str | os.PathLike, *, layers: int = 12, exper
     """
     cfg = random_config(layers, experts, topk, str(dtype).replace("torch.", ""), hidden_size=hidden_size,
                         heads=heads, intermediate_size=intermediate_size,
-                        moe_intermediate_size=moe_intermediate_size)
+                        moe_intermediate_size=moe_intermediate_size, vision_depth=vision_depth)
     with torch.device("meta"):
         meta = DeepseekOCRModel(cfg)
     tensors = ((name, _draw(name, shape, seed).to(dtype))
