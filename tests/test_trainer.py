@@ -354,6 +354,39 @@ def test_nan_loss_with_skip_drops_that_step_only(tmp_path, ocr, samples, monkeyp
     assert "sample-" in skipped[0]["skipped"] and skipped[0]["grad_norm"] == "nan"
 
 
+def test_the_command_skips_with_on_nonfinite_and_says_so(tmp_path, ckpt, monkeypatch, capsys):
+    """`deepseek-ocr train --on-nonfinite skip` in process, a NaN loss at step 2 of 3: exit 0,
+    result.json counts the skipped step and keeps the last applied step's loss."""
+    from deepseek_ocr.cli import main
+    from deepseek_ocr.training.distributed import LossModule
+    real, calls = LossModule.forward, []
+
+    def nan_at_second_call(self, batch, *args, **kwargs):
+        out = real(self, batch, *args, **kwargs)
+        calls.append(1)
+        if len(calls) == 2:
+            out.ce, out.loss = out.ce * float("nan"), out.loss * float("nan")
+        return out
+
+    monkeypatch.setattr(LossModule, "forward", nan_at_second_call)
+    data = tmp_path / "pages"
+    data.mkdir()
+    for i, text in enumerate(["first page", "second page"]):
+        _image(96, 64, text).save(data / f"p{i}.png")
+        (data / f"p{i}.txt").write_text(text + "\n")
+    out = tmp_path / "run"
+    code = main(["train", "--model", str(ckpt), "--data", str(data), "--mode", "64:64", "--lora-r", "4",
+                 "--max-steps", "3", "--batch-size", "2", "--on-nonfinite", "skip",
+                 "--out", str(out)])
+    assert code == 0 and len(calls) == 3
+    summary = json.loads((out / "result.json").read_text())
+    log = [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines()]
+    last = [r["loss"] for r in log if r.get("step") == 3 and "loss" in r]
+    assert summary["skipped_steps"] == 1 and summary["final_loss"] == last[0] and math.isfinite(last[0])
+    said = capsys.readouterr()
+    assert "done: 3 steps (1 skipped for a NaN/Inf loss)" in said.err  # messages go to stderr
+
+
 def test_skipping_stops_after_ten_non_finite_steps_in_a_row(tmp_path, ocr, samples):
     cfg = _cfg(tmp_path, preset="decoder", lr=1e-3, max_steps=20, batch_size=2, on_nonfinite="skip")
 

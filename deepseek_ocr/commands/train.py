@@ -155,7 +155,8 @@ def _train(cfg: TrainConfig, args: argparse.Namespace) -> int:
         say(f"interrupted at step {result.step}; checkpoint {result.checkpoint}. "
             f"Continue with: deepseek-ocr train ... --resume auto", quiet)
         return EXIT_INTERRUPTED
-    say(f"done: {result.step} steps, final loss {summary['final_loss']}", quiet)
+    skipped = f" ({summary['skipped_steps']} skipped for a NaN/Inf loss)" if summary["skipped_steps"] else ""
+    say(f"done: {result.step} steps{skipped}, final loss {summary['final_loss']}", quiet)
     for label, path in (("adapter", result.adapter_dir), ("model", result.model_dir)):
         if path is not None:
             say(f"{label}: {path}", quiet)
