@@ -14,7 +14,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from ..training.config import DTYPES, PRESETS, SCHEDULES, TrainConfig, TrainConfigError
+from ..training.config import DTYPES, NONFINITE_POLICIES, PRESETS, SCHEDULES, TrainConfig, TrainConfigError
 from . import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK, EXIT_USAGE
 from .common import parse_args, say, write_json
 
@@ -57,7 +57,7 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--batch-size", type=int, help="samples per micro-batch (default 1)")
     g.add_argument("--grad-accum", type=int, help="micro-batches per optimizer step (default 1)")
     g.add_argument("--max-grad-norm", type=float, help="clip the gradient norm (default 1.0; 0: off)")
-    g.add_argument("--on-nonfinite", choices=("stop", "skip"),
+    g.add_argument("--on-nonfinite", choices=NONFINITE_POLICIES,
                    help="a NaN/Inf loss or gradient norm stops the run (default) or skips that step's update "
                         "(10 in a row still stop it)")
     g.add_argument("--gradient-checkpointing", action="store_const", const=True)

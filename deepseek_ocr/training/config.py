@@ -24,6 +24,7 @@ DEFAULT_MODEL = "deepseek-ai/DeepSeek-OCR"  # weights.loading.DEFAULT_REPO, with
 PRESETS = ("decoder", "paper", "all", "lora")
 SCHEDULES = ("cosine", "linear", "constant")
 DTYPES = ("auto", "float32", "bfloat16")
+NONFINITE_POLICIES = ("stop", "skip")  # training/nonfinite.py
 DEFAULT_LR = {"lora": 2e-4, "full": 3e-5}  # the Unsloth LoRA recipe; the paper's stage-2 lr
 
 
@@ -342,8 +343,8 @@ def _value_problems(c: TrainConfig) -> list[str]:
         p.append(f"dtype must be one of {', '.join(DTYPES)}, got {c.dtype!r}")
     if c.on_error not in ("stop", "skip"):
         p.append(f"on_error must be 'stop' or 'skip', got {c.on_error!r}")
-    if c.on_nonfinite not in ("stop", "skip"):
-        p.append(f"on_nonfinite must be 'stop' or 'skip', got {c.on_nonfinite!r}")
+    if c.on_nonfinite not in NONFINITE_POLICIES:
+        p.append(f"on_nonfinite must be one of {', '.join(NONFINITE_POLICIES)}, got {c.on_nonfinite!r}")
     if c.length_policy not in ("error", "drop"):
         p.append(f"length_policy must be 'error' or 'drop', got {c.length_policy!r}")
     if c.max_steps is None and c.epochs is None:

@@ -17,12 +17,12 @@ from __future__ import annotations
 
 import logging
 
+from .config import NONFINITE_POLICIES
 from .distributed import all_reduce_sum
 from .errors import NonFiniteLossError
 
 logger = logging.getLogger(__name__)
 
-POLICIES = ("stop", "skip")
 MAX_SKIPS_IN_A_ROW = 10
 
 
@@ -39,8 +39,8 @@ class NonFiniteSteps:
     current streak."""
 
     def __init__(self, policy: str = "stop", limit: int = MAX_SKIPS_IN_A_ROW):
-        if policy not in POLICIES:
-            raise ValueError(f"on_nonfinite must be one of {', '.join(POLICIES)}, got {policy!r}")
+        if policy not in NONFINITE_POLICIES:
+            raise ValueError(f"on_nonfinite must be one of {', '.join(NONFINITE_POLICIES)}, got {policy!r}")
         self.policy, self.limit = policy, limit
         self.skipped = self.in_a_row = 0
 
