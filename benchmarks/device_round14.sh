@@ -3,6 +3,9 @@
 #   bash benchmarks/device_round14.sh sweep  # the server's full table at the current code: concurrency 1, 16,
 #                                            # 64 and 256 (issue 11's levels; 16 was never measured), and
 #                                            # the engine's own first token from the same PNG bytes beside it
+#   bash benchmarks/device_round14.sh learn  # the learning run (8 minutes, the best configuration) with CLIP
+#                                            # at 0.3x the rate (--tower-lr-scale 0.3: 9e-5 against 3e-4 for the
+#                                            # projector and decoder); the log now holds the tower's gradient norm
 set -u
 . benchmarks/device_env.sh  # $PY, the carried wheels, $OUT, device.txt, full_checkpoint
 case "${1:-}" in
@@ -15,5 +18,11 @@ case "${1:-}" in
       --max-tokens 1000 --out "$OUT/bench_server_sweep.json" > /tmp/sweep.log 2>&1
     echo "server rc=$?"; grep -E "concurrency|preparing" /tmp/sweep.log
     ;;
-  *) echo "usage: $0 sweep" >&2; exit 2 ;;
+  learn)
+    timeout 585 "$PY" benchmarks/learning_run.py --minutes 8 --preset paper --lr 3e-4 --tower-lr-scale 0.3 --batch 64 \
+      --workers 12 --eval-every 750 --out "$OUT/learning14" > "$OUT/learning14.log" 2>&1
+    grep -E "CER|done|Error|samples/s" "$OUT/learning14.log" | tail -14
+    rm -f "$OUT/learning14"/predictions* 2>/dev/null
+    ;;
+  *) echo "usage: $0 sweep|learn" >&2; exit 2 ;;
 esac

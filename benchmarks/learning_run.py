@@ -258,6 +258,15 @@ def tower_and_rest_optimizer(model: torch.nn.Module, lr: float, weight_decay: fl
     return torch.optim.AdamW(groups, lr=lr, betas=(0.9, beta2), weight_decay=weight_decay, fused=fused or None)
 
 
+def tower_grad_norm(params: list[torch.Tensor], device: torch.device) -> torch.Tensor:
+    """The L2 norm of the gradients of `params` (a 0-d tensor on their device, nothing read to the
+    host; 0 when none has a gradient, as a frozen tower)."""
+    grads = [p.grad for p in params if p.grad is not None]
+    if not grads:
+        return torch.zeros((), device=device)
+    return torch.linalg.vector_norm(torch.stack([n.float() for n in torch._foreach_norm(grads)]))
+
+
 def lr_at(step: int, frac: float, base: float, warmup: int) -> float:
     """Linear warmup over `warmup` steps, then cosine to 10% over the schedule's time (`frac` of
     it elapsed; past its end the rate stays at 10%)."""
@@ -420,6 +429,9 @@ def main(argv=None):
     opt = tower_and_rest_optimizer(ocr.model, a.lr, 0.01, a.tower_lr_scale,
                                    substitute=masters.master_of if masters else None, beta2=a.beta2)
     params = [masters.master_of(p) if masters else p for p in ocr.model.parameters() if p.requires_grad]
+    # The vision tower's share of the gradient norm, logged with the total (where the jumps come from).
+    tower_params = [masters.master_of(p) if masters else p for n, p in ocr.model.named_parameters()
+                    if p.requires_grad and n.startswith(("vision.sam.", "vision.clip."))]
     amp = torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else torch.autocast("cpu", enabled=False)
     budget = a.minutes * 60
     decay_s = (a.decay_minutes if a.decay_minutes is not None else a.minutes) * 60
@@ -470,15 +482,17 @@ def main(argv=None):
             torch.cuda.synchronize()
 
     def record(numbers) -> bool:
-        at_step, at_s, ce_t, gnorm_t = numbers
-        ce, gnorm = (float(v) for v in torch.stack([ce_t.float(), gnorm_t.float()]).tolist())
+        at_step, at_s, ce_t, gnorm_t, tower_t = numbers
+        ce, gnorm, tower = (float(v) for v in torch.stack([ce_t.float(), gnorm_t.float(), tower_t.float()]).tolist())
         if not math.isfinite(ce):
             print(f"non-finite loss at step {at_step}; stopping", flush=True)
             return False
         if at_step % 10 == 0 or a.smoke:
-            log["loss_curve"].append([at_step, round(at_s, 2), round(ce, 4), round(gnorm, 3)])
+            # [step, seconds, ce, gradient norm, the tower's part of it (nan: not measured)], before clipping
+            log["loss_curve"].append([at_step, round(at_s, 2), round(ce, 4), round(gnorm, 3), round(tower, 3)])
         if at_step % 50 == 0:
-            print(f"step {at_step:6d}  {at_s / 60:5.2f} min  ce {ce:.3f}  |g| {gnorm:.2f}  "
+            tower_part = "" if math.isnan(tower) else f" (tower {tower:.2f})"
+            print(f"step {at_step:6d}  {at_s / 60:5.2f} min  ce {ce:.3f}  |g| {gnorm:.2f}{tower_part}  "
                   f"{samples / max(at_s, 1e-9):.0f} samples/s", flush=True)
         return True
 
@@ -488,6 +502,7 @@ def main(argv=None):
     sync()
     base_s, mark = train_s, time.perf_counter()
     pending = None
+    not_measured = torch.full((), math.nan, device=device)
     for packed in batches:
         train_s = base_s + time.perf_counter() - mark
         if train_s >= stop_s or (a.max_steps is not None and step >= a.max_steps):
@@ -500,6 +515,7 @@ def main(argv=None):
         res.loss.backward()
         if masters:
             masters.gather_grads()
+        tower = tower_grad_norm(tower_params, device) if (step + 1) % 10 == 0 or a.smoke else not_measured
         gnorm = torch.nn.utils.clip_grad_norm_(params, a.clip)
         opt.step()
         opt.zero_grad(set_to_none=True)
@@ -510,7 +526,7 @@ def main(argv=None):
         if pending is not None and not record(pending):
             pending = None
             break
-        pending = (step, base_s + time.perf_counter() - mark, res.ce.detach(), gnorm.detach())
+        pending = (step, base_s + time.perf_counter() - mark, res.ce.detach(), gnorm.detach(), tower)
         if step % a.eval_every == 0 or (a.profile and step == (2 if a.smoke else 20)):
             sync()
             train_s = base_s + time.perf_counter() - mark

@@ -122,3 +122,18 @@ def test_optimizer_groups_take_the_tower_scale_and_beta2():
     model.decoder.weight.grad = torch.full_like(before, -3.0)
     opt.step()
     torch.testing.assert_close(model.decoder.weight.detach(), before + 1e-2, rtol=0, atol=1e-6)
+
+
+def test_tower_gradient_norm_is_the_norm_of_its_gradients_together():
+    """The logged tower norm equals the norm of all its gradients laid end to end (float64 by
+    hand); parameters without a gradient are left out, and none at all gives 0."""
+    lr = load()
+    torch.manual_seed(0)
+    params = [torch.nn.Parameter(torch.randn(4, 3)), torch.nn.Parameter(torch.randn(5)),
+              torch.nn.Parameter(torch.randn(2, 2))]
+    params[0].grad = torch.randn(4, 3)
+    params[1].grad = torch.randn(5) * 100
+    expected = torch.cat([params[0].grad.double().flatten(), params[1].grad.double()]).pow(2).sum().sqrt()
+    got = lr.tower_grad_norm(params, torch.device("cpu"))
+    assert got.shape == () and abs(float(got) - float(expected)) <= 1e-5 * float(expected)
+    assert float(lr.tower_grad_norm(params[2:], torch.device("cpu"))) == 0.0
