@@ -536,3 +536,28 @@ def test_train_and_eval_commands(tmp_path, ckpt):
     usage = subprocess.run([sys.executable, "-m", "deepseek_ocr", "train", "--data", str(data)],
                            capture_output=True, text=True, env=env, timeout=120)
     assert usage.returncode == 2 and "max_steps" in usage.stderr
+
+
+def test_a_failed_checkpoint_on_rank_0_stops_the_other_ranks(tmp_path, ocr, samples, monkeypatch):
+    """Under torchrun, rank 0 alone writes checkpoints: when its write fails, the other ranks
+    learn it from the collective after the save and stop too (before, they trained on into the
+    next step's all-reduce and waited there until the process group's timeout). Here as rank 1
+    of 2, the collective stubbed to report rank 0's failure; the real collective over two gloo
+    ranks is in test_training_distributed.py."""
+    from deepseek_ocr.training import distributed
+    from deepseek_ocr.training.checkpoint import CheckpointWriteError
+    from deepseek_ocr.training.distributed import DistContext
+    votes = []
+
+    def all_reduce_sum(value, ctx):
+        votes.append(value)  # this rank's: it wrote nothing, so it did not fail
+        return value + 1.0  # plus rank 0's failure
+
+    cfg = _cfg(tmp_path, preset="decoder", lr=1e-3, max_steps=1, batch_size=2, checkpoint_every=1)
+    trainer = Trainer(ocr, cfg, samples)
+    monkeypatch.setattr(distributed, "all_reduce_sum", all_reduce_sum)
+    trainer.rank, trainer.dist = 1, DistContext(rank=1, world_size=2)
+    with pytest.raises(CheckpointWriteError, match="rank 0 could not write the checkpoint of step 0"):
+        trainer.save()
+    assert votes == [0.0]
+    assert not (tmp_path / "run" / "checkpoints").exists()  # rank 1 writes nothing

@@ -118,3 +118,40 @@ def test_two_ranks_equal_one_process(strategy, reference):
     for name, ref in ref_grads.items():
         err = float((grads[name].double() - ref.double()).norm() / ref.double().norm().clamp_min(1e-30))
         assert err <= 1e-6, f"{name}: relative L2 {err:.2e}"
+
+
+def _agree_main(rank: int, port: int, queue) -> None:
+    os.environ.update(RANK=str(rank), WORLD_SIZE=str(WORLD), LOCAL_RANK=str(rank),
+                      MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    from deepseek_ocr.training.checkpoint import CheckpointWriteError
+    from deepseek_ocr.training.distributed import init_distributed, raise_together, shutdown
+    ctx = init_distributed("cpu")
+    outcomes = []
+    for failing in (None, 0, 1):  # no rank fails; rank 0 fails; rank 1 fails
+        own = CheckpointWriteError(f"rank {rank}: disk full") if rank == failing else None
+        try:
+            raise_together(own, ctx, lambda: CheckpointWriteError(f"rank {rank}: another rank failed"))
+            outcomes.append(None)
+        except CheckpointWriteError as exc:
+            outcomes.append(str(exc))
+    queue.put((rank, outcomes))
+    shutdown()
+
+
+def test_a_rank_that_fails_stops_every_rank():
+    """`raise_together` over two real gloo ranks: when one rank has an error, each rank raises
+    (its own error, or the stand-in for the others), and nobody waits; with none, none raises."""
+    ctx = mp.get_context("spawn")
+    queue = ctx.Queue()
+    port = _free_port()
+    procs = [ctx.Process(target=_agree_main, args=(r, port, queue)) for r in range(WORLD)]
+    for p in procs:
+        p.start()
+    try:
+        got = dict(queue.get(timeout=300) for _ in range(WORLD))
+    finally:
+        for p in procs:
+            p.join(timeout=60)
+    assert all(p.exitcode == 0 for p in procs), [p.exitcode for p in procs]
+    assert got == {0: [None, "rank 0: disk full", "rank 0: another rank failed"],
+                   1: [None, "rank 1: another rank failed", "rank 1: disk full"]}

@@ -103,6 +103,17 @@ def all_reduce_sum(value: float, ctx: DistContext) -> float:
     return float(t.item())
 
 
+def raise_together(error: Exception | None, ctx: DistContext, others: Callable[[], Exception]) -> None:
+    """Every rank raises when any rank has an `error`: its own, or `others()` where it had none.
+    Without this, the ranks that did not fail would go on into the next step's collectives, which
+    the failed rank never joins, and wait there until the process group's timeout. One tiny
+    collective; in one process it only raises `error`."""
+    if ctx.enabled and all_reduce_sum(0.0 if error is None else 1.0, ctx) > 0 and error is None:
+        error = others()
+    if error is not None:
+        raise error
+
+
 def agree_view_sizes(ctx: DistContext) -> Callable[[set[int]], list[int]]:
     """The union over ranks of the view sizes in each rank's micro-batch (sizes are multiples
     of 16 up to 8192: a bitmap reduced with MAX, no pickled objects)."""

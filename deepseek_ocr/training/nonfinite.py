@@ -16,6 +16,7 @@ gradient norm, non-finite on every rank, so each raises.
 from __future__ import annotations
 
 import logging
+import math
 
 from .config import NONFINITE_POLICIES
 from .distributed import all_reduce_sum
@@ -31,6 +32,29 @@ def non_finite_error(what: str, step: int, where: str, names: list[str], last_ch
         f"{what} at step {step}{where}, samples: {', '.join(names)}. The weights were not updated for this "
         f"step; the last good checkpoint is {last_checkpoint or 'none'}. Lower lr, check these samples, "
         "or resume from the checkpoint.", step, names)
+
+
+def sample_name(inp, index: int) -> str:
+    """How a sample is named in errors: its file and line where the reader recorded them."""
+    return str(inp.extras.get("source") or f"sample {index}")
+
+
+def find_non_finite(losses: list[float], grad_norm: float, micro: list[list], indices: list[int], batch_size: int,
+                    step: int, last_checkpoint) -> NonFiniteLossError | None:
+    """The error for a step (1-based `step`) whose micro-batch losses or gradient norm are not
+    finite, naming the first bad micro-batch's samples (or, for the norm, all of the step's);
+    None when all are finite. `indices` are the step's sample indices, micro-batch after micro-batch."""
+    for j, value in enumerate(losses):
+        if not math.isfinite(value):
+            start = j * batch_size
+            return non_finite_error(f"the loss is {value}", step, f" (micro-batch {j + 1} of {len(micro)})",
+                                    [sample_name(inp, indices[start + k]) for k, inp in enumerate(micro[j])],
+                                    last_checkpoint)
+    if not math.isfinite(grad_norm):
+        return non_finite_error(f"the gradient norm is {grad_norm}", step, "",
+                                [sample_name(inp, i) for inp, i in zip((x for mb in micro for x in mb), indices)],
+                                last_checkpoint)
+    return None
 
 
 class NonFiniteSteps:

@@ -37,19 +37,19 @@ import torch
 
 from ..engine.gil import short_gil_turns
 from ..processing.prompt import IGNORE_INDEX, PreparedInputs
-from .checkpoint import (TrainState, gather_sharded, load_optimizer, load_weights, read_state, restore_rng, save_checkpoint,
-                         train_state)
+from .checkpoint import (CheckpointWriteError, TrainState, gather_sharded, load_optimizer, load_weights, read_state,
+                         restore_rng, save_checkpoint, train_state)
 from .config import TrainConfig, resume_differences
 from .data.sampler import SampleOrder
 from .precision import Precision
 from .prefetch import StepPrefetcher
-from .distributed import all_reduce_sum, for_training, world
+from .distributed import all_reduce_sum, for_training, raise_together, world
 from .errors import NonFiniteLossError, TrainingError, TrainingOOMError  # noqa: F401 (the first is re-exported)
 from .evaluate import evaluate
 from .export import export_run
 from .lora import LoraConfig, apply_lora
 from .monitor import Monitor
-from .nonfinite import NonFiniteSteps, non_finite_error
+from .nonfinite import NonFiniteSteps, find_non_finite
 from .optim import build_optimizer
 from .schedule import lr_at
 from .trainable import set_trainable
@@ -84,10 +84,6 @@ def _seed_everything(seed: int) -> None:
 def _labels(inp: PreparedInputs) -> int:
     # compute_loss scores labels[1:]; labels[0] is BOS (always -100), so this is its count.
     return int((inp.labels != IGNORE_INDEX).sum())
-
-
-def _source(inp: PreparedInputs, index: int) -> str:
-    return str(inp.extras.get("source") or f"sample {index}")
 
 
 class Trainer:
@@ -255,19 +251,10 @@ class Trainer:
         norm = torch.nn.utils.clip_grad_norm_(self.step_params, max_norm)
         norm = norm.full_tensor() if hasattr(norm, "full_tensor") else norm  # FSDP2: a DTensor
         values = torch.stack([v.float().reshape(()).to(norm.device) for v in (*losses, *ces, *auxes, norm)]).tolist()
-        n, error = len(micro), None
-        for j, value in enumerate(values[:n]):
-            if not math.isfinite(value):
-                start = j * self.cfg.batch_size
-                error = non_finite_error(f"the loss is {value}", step + 1, f" (micro-batch {j + 1} of {n})",
-                                         [_source(inp, indices[start + k]) for k, inp in enumerate(micro[j])],
-                                         self.last_checkpoint)
-                break
+        n = len(micro)
         ce_sum, aux_sum, grad_norm = sum(values[n:2 * n]), sum(values[2 * n:3 * n]), values[-1]
-        if error is None and not math.isfinite(grad_norm):
-            error = non_finite_error(f"the gradient norm is {grad_norm}", step + 1, "",
-                                     [_source(inp, i) for inp, i in zip((x for mb in micro for x in mb), indices)],
-                                     self.last_checkpoint)
+        error = find_non_finite(values[:n], grad_norm, micro, indices, self.cfg.batch_size, step + 1,
+                                self.last_checkpoint)
         lr = self.lr(step)
         error = self.non_finite.skip(error, step + 1, self.dist)  # raises under "stop", or ten skips in a row
         if error is not None:  # the weights stay; the step counts (its samples are consumed)
@@ -297,16 +284,24 @@ class Trainer:
         run resumes on any number of ranks."""
         if self._saved_step == self.state.step:
             return self.last_checkpoint
+        failed = None
         if self.rank != 0:
             if self.dist.enabled and self.cfg.strategy == "fsdp":
                 gather_sharded(self.ocr.model, self.optimizer)
-            self._saved_step = self.state.step
-            return self.last_checkpoint
-        with self.precision.float32(frozen=False):  # a checkpoint holds only trained tensors
-            self.last_checkpoint = save_checkpoint(self.output_dir, model=self.ocr.model, optimizer=self.optimizer,
-                                                   state=self.state, lora=self.cfg.uses_lora,
-                                                   keep=self.cfg.keep_checkpoints, base_model=self.cfg.model)
-        self._saved_step = self.state.step
+        else:
+            try:
+                with self.precision.float32(frozen=False):  # a checkpoint holds only trained tensors
+                    self.last_checkpoint = save_checkpoint(
+                        self.output_dir, model=self.ocr.model, optimizer=self.optimizer, state=self.state,
+                        lora=self.cfg.uses_lora, keep=self.cfg.keep_checkpoints, base_model=self.cfg.model)
+            except CheckpointWriteError as exc:
+                failed = exc
+        step = self.state.step
+        # Rank 0's failure to write (a full disk) stops every rank, not rank 0 alone.
+        raise_together(failed, self.dist, lambda: CheckpointWriteError(
+            f"rank 0 could not write the checkpoint of step {step} (its error says why); rank {self.rank} "
+            "stops with it. Free space and resume with --resume auto."))
+        self._saved_step = step
         return self.last_checkpoint
 
     def run_eval(self, monitor: Monitor | None = None) -> dict | None:
