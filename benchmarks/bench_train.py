@@ -120,8 +120,12 @@ def sync(device):
         torch.cuda.synchronize()
 
 
-def autocast(device):
-    return torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else contextlib.nullcontext()
+def autocast(device, masters=None):
+    """bf16 autocast on CUDA; on a CPU only with master weights, whose bf16 copies need it (the
+    trainer's `--master-weights --dtype bfloat16` there), else nothing."""
+    if device.type == "cuda" or masters is not None:
+        return torch.autocast(device.type, dtype=torch.bfloat16)
+    return contextlib.nullcontext()
 
 
 def load(folder: Path, mode: str, weights: str, device, compile_layers: bool):
@@ -185,7 +189,7 @@ def run_config(ocr, batch, device, args) -> dict:
 def train_step(ocr, batch, opt, device, args):
     """fwd + bwd + optimizer step; the loss object."""
     opt.zero_grad(set_to_none=True)
-    with autocast(device):
+    with autocast(device, ocr.masters):
         out = ocr.loss(batch, gradient_checkpointing=args.gradient_checkpointing)
     out.loss.backward()
     if ocr.masters:  # as Trainer._step: bf16 gradients into the float32 masters, step, round back

@@ -3,6 +3,8 @@
 #   bash benchmarks/device_round14.sh sweep  # the server's full table at the current code: concurrency 1, 16,
 #                                            # 64 and 256 (issue 11's levels; 16 was never measured), and
 #                                            # the engine's own first token from the same PNG bytes beside it
+#   bash benchmarks/device_round14.sh profile # `paper` on "page" with bf16, fp32 and master weights under torch.profiler
+#                                            # (kernel time against the unprofiled step: is the step the GPU's or the host's?)
 #   bash benchmarks/device_round14.sh learn  # the learning run (8 minutes, the best configuration) with CLIP
 #                                            # at 0.3x the rate (--tower-lr-scale 0.3: 9e-5 against 3e-4 for the
 #                                            # projector and decoder); the log now holds the tower's gradient norm
@@ -18,11 +20,18 @@ case "${1:-}" in
       --max-tokens 1000 --out "$OUT/bench_server_sweep.json" > /tmp/sweep.log 2>&1
     echo "server rc=$?"; grep -E "concurrency|preparing" /tmp/sweep.log
     ;;
+  profile)
+    full_checkpoint
+    timeout 240 "$PY" benchmarks/bench_train.py --workload page --mode paper --weights all --steps 4 --warmup 2 \
+      --no-check --checkpoint /tmp/full --json "$OUT/train_paper_profiled.json" --profile "$OUT/train_profile_paper.txt" \
+      > /tmp/profile.log 2>&1
+    echo "rc=$?"; grep -E '^\| page|^==|Error' /tmp/profile.log "$OUT/train_profile_paper.txt"
+    ;;
   learn)
     timeout 585 "$PY" benchmarks/learning_run.py --minutes 8 --preset paper --lr 3e-4 --tower-lr-scale 0.3 --batch 64 \
       --workers 12 --eval-every 750 --out "$OUT/learning14" > "$OUT/learning14.log" 2>&1
     grep -E "CER|done|Error|samples/s" "$OUT/learning14.log" | tail -14
     rm -f "$OUT/learning14"/predictions* 2>/dev/null
     ;;
-  *) echo "usage: $0 sweep|learn" >&2; exit 2 ;;
+  *) echo "usage: $0 sweep|profile|learn" >&2; exit 2 ;;
 esac
