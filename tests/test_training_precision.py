@@ -88,8 +88,11 @@ def test_precision_policy_defaults_and_switches(small_model):
             p.requires_grad_(n.startswith("decoder.layers.0.self_attn."))
         trained = {id(p) for _, p in matmul_weights(model, exclude=(model.decoder.lm_head,))}
         frozen = matmul_weights(model.decoder, exclude=(model.decoder.lm_head,), trainable=False)
-        exact = {id(p) for _, p in frozen if torch.equal(p, p.to(torch.bfloat16).float())}
-        assert trained and exact  # the small checkpoint is bf16: its values are bf16 values
+        decoder = {id(p) for _, p in frozen if torch.equal(p, p.to(torch.bfloat16).float())}
+        tower = {id(p) for _, p in matmul_weights(model.vision, trainable=False)
+                 if torch.equal(p, p.to(torch.bfloat16).float())}
+        exact = decoder | tower  # the frozen vision tower's too, unless its rows are cached
+        assert trained and decoder and tower  # the small checkpoint is bf16: its values are bf16 values
         cpu = torch.device("cpu")
 
         def held(**kw):
@@ -99,6 +102,7 @@ def test_precision_policy_defaults_and_switches(small_model):
             return {id(p) for p in prec.masters.params}, {id(p) for p in prec.masters.frozen}
 
         assert held(master_weights=False) == (set(), exact)
+        assert held(master_weights=False, vision_cached=True) == (set(), decoder)
         assert held(master_weights=True) == (trained, exact)
         assert held(master_weights=True, bf16_frozen_base=False) == (trained, set())
         assert held(master_weights=False, bf16_frozen_base=False) == (set(), set())
@@ -266,3 +270,50 @@ def test_frozen_weights_that_bf16_holds_are_stored_in_bf16():
     masters.to_master()
     for (name, a), b in zip(ref.named_parameters(), net.parameters()):
         assert b.dtype == torch.float32 and torch.equal(a, b), name
+
+
+def test_the_frozen_sam_held_in_bf16_trains_as_autocast_casts_do():
+    # The trainer's default precision on the `paper` preset (no masters, bf16 frozen base): SAM,
+    # frozen, is held in bf16 while training (its values are bf16 values, as the official
+    # checkpoint's) instead of being cast at every forward; two AdamW steps of CLIP, projector and
+    # decoder must equal plain autocast over float32 weights bit for bit, and SAM is float32 after.
+    import sys
+    from pathlib import Path
+    from PIL import Image, ImageDraw
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    from tiny_model import tiny_model
+
+    img = Image.new("RGB", (500, 300), "white")
+    ImageDraw.Draw(img).text((20, 20), "total 12.50", fill="black")
+    runs = []
+    for hold in (False, True):
+        ocr = tiny_model(seed=4)
+        with torch.no_grad():
+            for p in ocr.model.parameters():
+                p.copy_(p.to(torch.bfloat16).float())
+        set_trainable(ocr.model, "paper")
+        named = [(n, p) for n, p in ocr.model.named_parameters() if p.requires_grad]
+        prec = Precision("bfloat16", torch.device("cpu"), ocr.model, master_weights=False, distributed=False,
+                         bf16_frozen_base=hold)
+        opt = torch.optim.AdamW([p for _, p in named], lr=1e-3, foreach=True)
+        inputs = [ocr.prepare(img, "<image>\nFree OCR.", mode="512:256:crop", answer="total 12.50"),
+                  ocr.prepare(None, "Say hi.", answer="hi")]
+        prec.start()
+        sam_weight = ocr.model.vision.sam.blocks[0].attn.qkv.weight
+        assert sam_weight.dtype == (torch.bfloat16 if hold else torch.float32)
+        losses = []
+        for _ in range(2):
+            with prec.autocast():
+                out = ocr.loss(inputs)
+            out.loss.backward()
+            prec.after_backward()
+            losses.append(out.loss.item())
+            opt.step()
+            opt.zero_grad(set_to_none=True)
+            prec.after_step()
+        prec.finish()
+        assert all(p.dtype == torch.float32 for p in ocr.model.parameters())
+        runs.append((losses, {n: p.detach().clone() for n, p in named}))
+    assert runs[1][0] == runs[0][0]
+    for name, value in runs[0][1].items():
+        assert torch.equal(runs[1][1][name], value), name

@@ -72,8 +72,9 @@ class TrainConfig:
         bf16 copies of float32 masters, cast once per step instead of at every use;
         training/precision.py. Measured on an H200 slower and larger than autocast's casts:
         benchmarks/RESULTS.md, eighth round), bf16_frozen_base (on by default; with bf16 compute
-        in one process: the decoder's frozen matmul weights, a LoRA run's base, are held in bf16
-        where bf16 holds their values exactly: the same arithmetic, half their memory),
+        in one process: the frozen matmul weights, a LoRA run's base and the vision tower's frozen
+        part (SAM under `paper`; not when cache_vision caches its rows), are held in bf16 where
+        bf16 holds their values exactly: the same arithmetic, half their memory, no casts),
         device (None: CUDA when available).
 
     Output:

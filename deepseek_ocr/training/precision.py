@@ -25,10 +25,13 @@ and it is cast once per pass anyway). Norm gains and biases, embeddings and the 
 float32: autocast leaves them float32 (or the code computes them in float32), so holding them in
 bf16 would change the arithmetic, not save casts.
 
-Frozen matmul weights of the decoder (a LoRA run's base) get no master: where bf16 holds their
-float32 values exactly (the official checkpoint is bf16) they are stored in bf16 while training,
-widened back exactly by `float32()` and `to_master()`; that is the same arithmetic, half the
-memory of the base and none of its casts.
+Frozen matmul weights (a LoRA run's base; the vision tower's frozen part, such as SAM under the
+`paper` preset) get no master: where bf16 holds their float32 values exactly (the official
+checkpoint is bf16) they are stored in bf16 while training, widened back exactly by `float32()`
+and `to_master()`; that is the same arithmetic, half the memory of the base and none of its
+casts (on `paper`, ~330 of a step's ~6,200 operators are the frozen SAM's casts). The vision
+tower's are left alone when its rows are cached (`cache_vision`): those are encoded outside
+autocast, where the weights' dtype would decide the arithmetic.
 
 Single process only: DDP buckets gradients by the parameters' dtype when it wraps the model,
 so their data cannot change dtype afterwards (under DDP or FSDP the trainer keeps autocast).
@@ -177,20 +180,23 @@ class Precision:
     and one process, the trainable matmul weights of `model` (its output projection aside) train
     as bf16 copies of float32 masters (`MasterWeights`) when `master_weights` is on (off by
     default: on the H200 the copies, their refresh and the gradients' gather cost more than the
-    casts they save, benchmarks/RESULTS.md, eighth round), and the decoder's frozen ones (a LoRA
-    run's base) are held in bf16 where that is exact when `bf16_frozen_base` is on."""
+    casts they save, benchmarks/RESULTS.md, eighth round), and the frozen ones (a LoRA run's base,
+    the vision tower's frozen part unless `vision_cached`) are held in bf16 where that is exact
+    when `bf16_frozen_base` is on."""
 
     def __init__(self, dtype: str, device: torch.device, model: nn.Module, *, master_weights: bool,
-                 distributed: bool, bf16_frozen_base: bool = True):
+                 distributed: bool, bf16_frozen_base: bool = True, vision_cached: bool = False):
         self.device = torch.device(device)
         bf16 = dtype == "bfloat16" or (dtype == "auto" and self.device.type == "cuda")
         self.compute_dtype = torch.bfloat16 if bf16 else None
         self.masters: MasterWeights | None = None
         if bf16 and not distributed:
             chosen = matmul_weights(model, exclude=(model.decoder.lm_head,)) if master_weights else []
-            # The decoder's only: a frozen vision tower is also run outside autocast (the rows
-            # cached by `cache_vision`), where its dtype would decide the arithmetic.
-            frozen = (matmul_weights(model.decoder, exclude=(model.decoder.lm_head,), trainable=False)
+            # The vision tower's too, unless its rows are cached (`cache_vision`): those are
+            # encoded outside autocast, where the weights' dtype would decide the arithmetic.
+            roots = [model.decoder] + ([] if vision_cached else [model.vision])
+            frozen = ([w for root in roots
+                       for w in matmul_weights(root, exclude=(model.decoder.lm_head,), trainable=False)]
                       if bf16_frozen_base else [])
             if chosen or frozen:
                 self.masters = MasterWeights([p for _, p in chosen], self.compute_dtype,

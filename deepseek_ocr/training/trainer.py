@@ -128,7 +128,8 @@ class Trainer:
         self.module, self.dist = for_training(ocr, cfg)
         self.non_finite = NonFiniteSteps(cfg.on_nonfinite)
         self.precision = Precision(cfg.dtype, self.device, root, master_weights=cfg.master_weights,
-                                   bf16_frozen_base=cfg.bf16_frozen_base, distributed=self.dist.enabled)
+                                   bf16_frozen_base=cfg.bf16_frozen_base, distributed=self.dist.enabled,
+                                   vision_cached=cfg.cache_vision and self.vision_frozen)
         # Clipping and the optimizer work on the float32 masters where there are some.
         self.step_params = [self.precision.stepped(p) for p in self.params]
         if self.dist.enabled and cfg.strategy == "fsdp" and eval_data and cfg.eval_every:
