@@ -13,8 +13,9 @@ Modes:
   lora:  LoRA r=16, alpha=16 on q,k,v,o,gate,up,down, routed experts included (Unsloth's targets),
          vision frozen; base weights bf16, factors float32 (as peft keeps them).
   paper: the paper's full fine-tuning: CLIP, projector and decoder trained, SAM frozen; float32
-         master weights, as the trainer keeps them: `--weights fp32` (the default for paper, what
-         `deepseek-ocr train` does: float32 weights cast by autocast at every use) or
+         master weights, as the trainer keeps them (through its training/precision.py, so the
+         frozen SAM is held in bf16 as the trainer holds it): `--weights fp32` (the default for
+         paper, what `deepseek-ocr train` does: float32 weights cast by autocast at every use) or
          `--weights master` (the trainer's `--master-weights`: bf16 copies of the matmul weights,
          float32 masters in the optimizer, training/precision.py). `--weights bf16` runs either
          mode with bf16 weights (and bf16 AdamW states for paper), `--weights all` all three.
@@ -61,7 +62,7 @@ from deepseek_ocr.processing.tokenizer import Tokenizer  # noqa: E402
 from deepseek_ocr.processing.views import Mode, make_views, resolve_mode  # noqa: E402
 from deepseek_ocr.training.lora import LoraConfig, apply_lora  # noqa: E402
 from deepseek_ocr.training.optim import build_optimizer  # noqa: E402
-from deepseek_ocr.training.precision import MasterWeights, matmul_weights  # noqa: E402
+from deepseek_ocr.training.precision import Precision  # noqa: E402
 from deepseek_ocr.training.trainable import set_trainable  # noqa: E402
 from deepseek_ocr.weights.random import make_random_checkpoint  # noqa: E402
 
@@ -120,12 +121,12 @@ def sync(device):
         torch.cuda.synchronize()
 
 
-def autocast(device, masters=None):
-    """bf16 autocast on CUDA; on a CPU only with master weights, whose bf16 copies need it (the
-    trainer's `--master-weights --dtype bfloat16` there), else nothing."""
-    if device.type == "cuda" or masters is not None:
-        return torch.autocast(device.type, dtype=torch.bfloat16)
-    return contextlib.nullcontext()
+def autocast(device, precision=None):
+    """The trainer's autocast where its precision runs the step (bf16 on CUDA; on a CPU only with
+    master weights, whose bf16 copies need it), else bf16 autocast on CUDA and nothing on a CPU."""
+    if precision is not None:
+        return precision.autocast()
+    return torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else contextlib.nullcontext()
 
 
 def load(folder: Path, mode: str, weights: str, device, compile_layers: bool):
@@ -137,11 +138,11 @@ def load(folder: Path, mode: str, weights: str, device, compile_layers: bool):
     else:
         summary = set_trainable(ocr.model, "paper")
     ocr.model.train()
-    ocr.masters = None
-    if weights == "master":  # as Trainer._master_weights
-        chosen = matmul_weights(ocr.model, exclude=(ocr.model.decoder.lm_head,))
-        ocr.masters = MasterWeights([p for _, p in chosen])
-        ocr.masters.to_compute()
+    ocr.precision = None
+    if weights in ("fp32", "master"):  # the trainer's precision: its masters and its bf16 frozen weights
+        ocr.precision = Precision("auto" if weights == "fp32" else "bfloat16", device, ocr.model,
+                                  master_weights=weights == "master", distributed=False)
+        ocr.precision.start()
     if compile_layers:
         for layer in ocr.model.decoder.layers:
             layer.compile()
@@ -160,7 +161,7 @@ def weights_for(mode: str, choice: str, smoke: bool) -> list[str]:
 
 def run_config(ocr, batch, device, args) -> dict:
     lr = 2e-4 if any(".lora_" in n for n, p in ocr.model.named_parameters() if p.requires_grad) else 1e-5
-    opt = build_optimizer(ocr.model, lr=lr, substitute=ocr.masters.master_of if ocr.masters else None)
+    opt = build_optimizer(ocr.model, lr=lr, substitute=ocr.precision.substitute if ocr.precision else None)
     times, losses = [], []
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats()
@@ -189,14 +190,14 @@ def run_config(ocr, batch, device, args) -> dict:
 def train_step(ocr, batch, opt, device, args):
     """fwd + bwd + optimizer step; the loss object."""
     opt.zero_grad(set_to_none=True)
-    with autocast(device, ocr.masters):
+    with autocast(device, ocr.precision):
         out = ocr.loss(batch, gradient_checkpointing=args.gradient_checkpointing)
     out.loss.backward()
-    if ocr.masters:  # as Trainer._step: bf16 gradients into the float32 masters, step, round back
-        ocr.masters.gather_grads()
+    if ocr.precision:  # as Trainer._step: with masters, bf16 gradients into float32, step, round back
+        ocr.precision.after_backward()
     opt.step()
-    if ocr.masters:
-        ocr.masters.refresh()
+    if ocr.precision:
+        ocr.precision.after_step()
     return out
 
 

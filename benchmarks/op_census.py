@@ -4,6 +4,8 @@ the H200's host, whatever the size of its tensors), counted on the CPU.
 
     python benchmarks/op_census.py [--weights fp32 master bf16] [--out census.json]
 
+Weights as the trainer holds them (training/precision.py: fp32 under autocast, or `master`
+copies; the frozen SAM in bf16 unless `--frozen-fp32` adds rows without that), or bf16 weights.
 The model has the official depths and expert count (SAM 12 blocks, CLIP 24, decoder 12 layers
 of 64 routed experts, top-6) at a narrow decoder width, and the page is a Gundam-like mode at
 small sizes (a 256-px global view and 128-px crops), so a step takes seconds: the operators a
@@ -35,7 +37,7 @@ from bench_train import make_batch  # noqa: E402
 from deepseek_ocr import DeepseekOCR  # noqa: E402
 from deepseek_ocr.processing.views import Mode  # noqa: E402
 from deepseek_ocr.training.optim import build_optimizer  # noqa: E402
-from deepseek_ocr.training.precision import MasterWeights, matmul_weights  # noqa: E402
+from deepseek_ocr.training.precision import Precision  # noqa: E402
 from deepseek_ocr.training.trainable import set_trainable  # noqa: E402
 from deepseek_ocr.weights.random import make_random_checkpoint  # noqa: E402
 
@@ -90,17 +92,18 @@ def hook_modules(model: torch.nn.Module, census: Census) -> list:
     return handles
 
 
-def census_step(folder: Path, weights: str) -> dict:
+def census_step(folder: Path, weights: str, frozen_bf16: bool = True) -> dict:
     dtype = torch.bfloat16 if weights == "bf16" else torch.float32
     ocr = DeepseekOCR.from_pretrained(folder, device="cpu", dtype=dtype)
     set_trainable(ocr.model, "paper")
     ocr.model.train()
-    masters = None
-    if weights == "master":
-        masters = MasterWeights([p for _, p in matmul_weights(ocr.model, exclude=(ocr.model.decoder.lm_head,))])
-        masters.to_compute()
-    opt = build_optimizer(ocr.model, lr=1e-5, substitute=masters.master_of if masters else None)
-    params = [masters.master_of(p) if masters else p for p in ocr.model.parameters() if p.requires_grad]
+    precision = None
+    if weights != "bf16":  # the trainer's precision (bf16 compute, as on CUDA): masters, bf16 frozen weights
+        precision = Precision("bfloat16", torch.device("cpu"), ocr.model, master_weights=weights == "master",
+                              distributed=False, bf16_frozen_base=frozen_bf16)
+        precision.start()
+    opt = build_optimizer(ocr.model, lr=1e-5, substitute=precision.substitute if precision else None)
+    params = [precision.stepped(p) if precision else p for p in ocr.model.parameters() if p.requires_grad]
     spec = dict(mode=Mode(256, 128, True, name="census-page"), image="page", answers=[24, 24])
     batch = make_batch(ocr.tokenizer, spec, seed=0)
     census = Census()
@@ -114,15 +117,15 @@ def census_step(folder: Path, weights: str) -> dict:
             census.phase = "backward"
             out.loss.backward()
             census.phase = "masters"
-            if masters:
-                masters.gather_grads()
+            if precision:
+                precision.after_backward()
             census.phase = "optimizer"
             torch.nn.utils.clip_grad_norm_(params, 1.0)
             opt.step()
             opt.zero_grad(set_to_none=True)
             census.phase = "masters"
-            if masters:
-                masters.refresh()
+            if precision:
+                precision.after_step()
             census.phase = "other"
 
     step(False)  # AdamW's states are made in the first step
@@ -134,7 +137,7 @@ def census_step(folder: Path, weights: str) -> dict:
     total = collections.Counter()
     for c in census.by_phase.values():
         total.update(c)
-    return {"weights": weights, "operators": sum(phases.values()), "by_phase": phases,
+    return {"weights": weights, "frozen_bf16": frozen_bf16 and weights != "bf16", "operators": sum(phases.values()), "by_phase": phases,
             "forward_by_module": dict(census.by_module.most_common()),
             "top_operators": dict(total.most_common(30))}
 
@@ -142,14 +145,19 @@ def census_step(folder: Path, weights: str) -> dict:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--weights", nargs="+", default=["fp32", "master", "bf16"], choices=["fp32", "master", "bf16"])
+    ap.add_argument("--frozen-fp32", action="store_true",
+                    help="also count fp32 and master with the frozen weights (SAM) kept float32, cast at every use")
     ap.add_argument("--out", default=None)
     a = ap.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
-        folder = make_random_checkpoint(Path(tmp) / "census", layers=12, experts=64, topk=6, dtype=torch.float32,
+        # bf16 values (as the official checkpoint's), loaded as float32: what the trainer gets
+        folder = make_random_checkpoint(Path(tmp) / "census", layers=12, experts=64, topk=6, dtype=torch.bfloat16,
                                         hidden_size=64, heads=2, intermediate_size=128, moe_intermediate_size=32)
-        results = [census_step(folder, w) for w in a.weights]
+        runs = [(w, True) for w in a.weights] + [(w, False) for w in a.weights if a.frozen_fp32 and w != "bf16"]
+        results = [census_step(folder, w, frozen) for w, frozen in runs]
     for r in results:
-        print(f"{r['weights']:>6}: {r['operators']:,} operators ({', '.join(f'{k} {v:,}' for k, v in r['by_phase'].items())})")
+        label = r["weights"] + ("" if r["frozen_bf16"] or r["weights"] == "bf16" else " (frozen fp32)")
+        print(f"{label:>20}: {r['operators']:,} operators ({', '.join(f'{k} {v:,}' for k, v in r['by_phase'].items())})")
     first = results[0]
     print("forward by module (" + first["weights"] + "): " + ", ".join(f"{k} {v:,}" for k, v in first["forward_by_module"].items()))
     print("top operators (" + first["weights"] + "): " + ", ".join(f"{k} {v:,}" for k, v in first["top_operators"].items()))
