@@ -45,7 +45,8 @@ from deepseek_ocr.weights.random import make_random_checkpoint  # noqa: E402
 NO_KERNEL = {"view", "_unsafe_view", "reshape", "expand", "permute", "transpose", "t", "unsqueeze", "squeeze",
              "slice", "select", "as_strided", "split", "split_with_sizes", "unbind", "chunk", "narrow", "alias",
              "detach", "sym_size", "sym_stride", "sym_numel", "is_same_size", "_reshape_alias", "unflatten",
-             "flatten", "view_as", "lift_fresh", "_has_compatible_shallow_copy_type"}
+             "flatten", "view_as", "lift_fresh", "_has_compatible_shallow_copy_type", "promote_types",
+             "result_type"}
 
 
 class Census(TorchDispatchMode):

@@ -29,7 +29,7 @@ Frozen matmul weights (a LoRA run's base; the vision tower's frozen part, such a
 `paper` preset) get no master: where bf16 holds their float32 values exactly (the official
 checkpoint is bf16) they are stored in bf16 while training, widened back exactly by `float32()`
 and `to_master()`; that is the same arithmetic, half the memory of the base and none of its
-casts (on `paper` they were 204 of the ~6,500 operators of a step's forward and backward,
+casts (on `paper` they were 204 of the ~6,450 operators of a step's forward and backward,
 benchmarks/op_census.py). The vision tower's are left alone when its rows are cached
 (`cache_vision`): those are encoded outside autocast, where the weights' dtype would decide the
 arithmetic.
