@@ -129,7 +129,7 @@ def autocast(device, precision=None):
     return torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else contextlib.nullcontext()
 
 
-def load(folder: Path, mode: str, weights: str, device, compile_layers: bool):
+def load(folder: Path, mode: str, weights: str, device, compile_layers: str | None):
     dtype = torch.float32 if weights in ("fp32", "master") else torch.bfloat16
     ocr = DeepseekOCR.from_pretrained(folder, device=device, dtype=dtype)
     if mode == "lora":
@@ -143,9 +143,15 @@ def load(folder: Path, mode: str, weights: str, device, compile_layers: bool):
         ocr.precision = Precision("auto" if weights == "fp32" else "bfloat16", device, ocr.model,
                                   master_weights=weights == "master", distributed=False)
         ocr.precision.start()
-    if compile_layers:
-        for layer in ocr.model.decoder.layers:
-            layer.compile()
+    # torch.compile per layer (fused elementwise glue, fewer launches for the host to make):
+    # the decoder's layers, CLIP's (the trained half of the tower), or both.
+    layers = []
+    if compile_layers in ("decoder", "all"):
+        layers += list(ocr.model.decoder.layers)
+    if compile_layers in ("clip", "all"):
+        layers += list(ocr.model.vision.clip.transformer.layers)
+    for layer in layers:
+        layer.compile()
     return ocr, summary
 
 
@@ -263,7 +269,8 @@ def main(argv=None):
     ap.add_argument("--steps", type=int, default=10)
     ap.add_argument("--warmup", type=int, default=3)
     ap.add_argument("--gradient-checkpointing", action="store_true")
-    ap.add_argument("--compile", action="store_true", help="torch.compile each decoder layer")
+    ap.add_argument("--compile", nargs="?", const="decoder", default=None, choices=["decoder", "clip", "all"],
+                    help="torch.compile each layer of the decoder (the default when given alone), of CLIP, or all")
     ap.add_argument("--packing", action="store_true", help="also lines-mixed vs lines-mixed-ideal")
     ap.add_argument("--no-check", dest="check", action="store_false")
     ap.add_argument("--checkpoint", default=None, help="random checkpoint folder (default weights/random-12x64)")
