@@ -106,7 +106,8 @@ def all_reduce_sum(value: float, ctx: DistContext) -> float:
 def raise_together(error: Exception | None, ctx: DistContext, others: Callable[[], Exception]) -> None:
     """Every rank raises when any rank has an `error`: its own, or `others()` where it had none.
     Without this, the ranks that did not fail would go on into the next step's collectives, which
-    the failed rank never joins, and wait there until the process group's timeout. One tiny
+    the failed rank never joins, and wait there until the launcher kills them (torchrun stops the
+    others when one exits) or the process group times out, with no message of their own. One tiny
     collective; in one process it only raises `error`."""
     if ctx.enabled and all_reduce_sum(0.0 if error is None else 1.0, ctx) > 0 and error is None:
         error = others()
