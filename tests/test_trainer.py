@@ -541,7 +541,7 @@ def test_train_and_eval_commands(tmp_path, ckpt):
 def test_a_failed_checkpoint_on_rank_0_stops_the_other_ranks(tmp_path, ocr, samples, monkeypatch):
     """Under torchrun, rank 0 alone writes checkpoints: when its write fails, the other ranks
     learn it from the collective after the save and stop too (before, they trained on into the
-    next step's all-reduce and waited there until the process group's timeout). Here as rank 1
+    next step's all-reduce and waited there until the launcher or a timeout stopped them). Here as rank 1
     of 2, the collective stubbed to report rank 0's failure; the real collective over two gloo
     ranks is in test_training_distributed.py."""
     from deepseek_ocr.training import distributed
