@@ -2,7 +2,6 @@
 back exactly the bf16 views `make_views` made (compared with torch.equal against make_views)."""
 from __future__ import annotations
 
-import importlib.util
 import sys
 from pathlib import Path
 
@@ -13,17 +12,12 @@ from PIL import Image
 from deepseek_ocr.processing.views import make_views, resolve_mode
 
 REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from benchmark_script import load_benchmark  # noqa: E402
 
 
 def load():
-    sys.path.insert(0, str(REPO / "benchmarks"))
-    try:
-        spec = importlib.util.spec_from_file_location("learning_run_under_test", REPO / "benchmarks" / "learning_run.py")
-        module = importlib.util.module_from_spec(spec)
-        spec.loader.exec_module(module)
-        return module
-    finally:
-        sys.path.remove(str(REPO / "benchmarks"))
+    return load_benchmark("learning_run")
 
 
 def test_levels_are_every_uint8_value_normalized():

@@ -1,24 +1,17 @@
 """benchmarks/op_census.py's counting on a hand-built module (counts known by construction)."""
 from __future__ import annotations
 
-import importlib.util
 import sys
 from pathlib import Path
 
 import torch
 
-REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from benchmark_script import load_benchmark  # noqa: E402
 
 
 def load():
-    sys.path.insert(0, str(REPO / "benchmarks"))
-    try:
-        spec = importlib.util.spec_from_file_location("op_census_under_test", REPO / "benchmarks" / "op_census.py")
-        module = importlib.util.module_from_spec(spec)
-        spec.loader.exec_module(module)
-        return module
-    finally:
-        sys.path.remove(str(REPO / "benchmarks"))
+    return load_benchmark("op_census")
 
 
 def test_operators_are_counted_per_phase_and_module_views_left_out():

@@ -1,10 +1,11 @@
 """benchmarks/spy_summary.py on a hand-written py-spy raw file (counts known by construction)."""
 from __future__ import annotations
 
-import importlib.util
+import sys
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from benchmark_script import load_benchmark  # noqa: E402
 
 RAW = """\
 thread (11): deepseek-ocr-engine-0;run (threading.py:10);step (/x/deepseek_ocr/engine/engine.py:195);group_pairs (/x/deepseek_ocr/kernels/moe_routing.py:305);compile (/y/triton/compiler/compiler.py:324) 30
@@ -15,10 +16,7 @@ thread (13): deepseek-ocr-prepare_1;run (threading.py:10);make_views (/x/deepsee
 
 
 def load():
-    spec = importlib.util.spec_from_file_location("spy_summary", REPO / "benchmarks" / "spy_summary.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_benchmark("spy_summary")
 
 
 def test_threads_pools_and_compiler_attribution(tmp_path, capsys):

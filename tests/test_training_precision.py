@@ -186,23 +186,38 @@ def test_a_weight_without_gradient_is_not_stepped():
     assert not torch.equal(masters.master_of(net.out.weight), net.out.weight.float())  # stepped, not yet refreshed
 
 
-def test_the_whole_model_trains_alike_with_masters():
-    # The paper preset (CLIP, projector and decoder trained; SAM frozen) on the tiny model of
-    # tests/tiny_model.py: the vision path's weights and biases become bf16 copies too, and its
-    # loss and float32 weights after two AdamW steps must be those of plain autocast, bit for bit.
+def _tiny_paper(seed: int, bf16_values: bool = False):
+    """The tiny model of tests/tiny_model.py under the `paper` preset (CLIP, projector and decoder
+    trained; SAM frozen), its trained parameters by name, and a batch of an image sample and a
+    text-only one. `bf16_values`: every weight rounded to a bf16 value first (as the official
+    checkpoint's are)."""
     import sys
     from pathlib import Path
     from PIL import Image, ImageDraw
     sys.path.insert(0, str(Path(__file__).resolve().parent))
     from tiny_model import tiny_model
 
+    ocr = tiny_model(seed=seed)
+    if bf16_values:
+        with torch.no_grad():
+            for p in ocr.model.parameters():
+                p.copy_(p.to(torch.bfloat16).float())
+    set_trainable(ocr.model, "paper")
+    named = [(n, p) for n, p in ocr.model.named_parameters() if p.requires_grad]
     img = Image.new("RGB", (500, 300), "white")
     ImageDraw.Draw(img).text((20, 20), "total 12.50", fill="black")
+    inputs = [ocr.prepare(img, "<image>\nFree OCR.", mode="512:256:crop", answer="total 12.50"),
+              ocr.prepare(None, "Say hi.", answer="hi")]
+    return ocr, named, inputs
+
+
+def test_the_whole_model_trains_alike_with_masters():
+    # The paper preset (CLIP, projector and decoder trained; SAM frozen) on the tiny model of
+    # tests/tiny_model.py: the vision path's weights and biases become bf16 copies too, and its
+    # loss and float32 weights after two AdamW steps must be those of plain autocast, bit for bit.
     runs = []
     for use_masters in (False, True):
-        ocr = tiny_model(seed=3)
-        set_trainable(ocr.model, "paper")
-        named = [(n, p) for n, p in ocr.model.named_parameters() if p.requires_grad]
+        ocr, named, inputs = _tiny_paper(seed=3)
         masters = None
         if use_masters:
             masters = MasterWeights([p for _, p in matmul_weights(ocr.model, exclude=(ocr.model.decoder.lm_head,))])
@@ -210,8 +225,6 @@ def test_the_whole_model_trains_alike_with_masters():
         if masters:
             masters.to_compute()
             assert ocr.model.vision.clip.transformer.layers[0].mlp.fc1.bias.dtype == torch.bfloat16
-        inputs = [ocr.prepare(img, "<image>\nFree OCR.", mode="512:256:crop", answer="total 12.50"),
-                  ocr.prepare(None, "Say hi.", answer="hi")]
         losses = []
         for _ in range(2):
             with torch.autocast("cpu", dtype=torch.bfloat16):
@@ -277,27 +290,12 @@ def test_the_frozen_sam_held_in_bf16_trains_as_autocast_casts_do():
     # frozen, is held in bf16 while training (its values are bf16 values, as the official
     # checkpoint's) instead of being cast at every forward; two AdamW steps of CLIP, projector and
     # decoder must equal plain autocast over float32 weights bit for bit, and SAM is float32 after.
-    import sys
-    from pathlib import Path
-    from PIL import Image, ImageDraw
-    sys.path.insert(0, str(Path(__file__).resolve().parent))
-    from tiny_model import tiny_model
-
-    img = Image.new("RGB", (500, 300), "white")
-    ImageDraw.Draw(img).text((20, 20), "total 12.50", fill="black")
     runs = []
     for hold in (False, True):
-        ocr = tiny_model(seed=4)
-        with torch.no_grad():
-            for p in ocr.model.parameters():
-                p.copy_(p.to(torch.bfloat16).float())
-        set_trainable(ocr.model, "paper")
-        named = [(n, p) for n, p in ocr.model.named_parameters() if p.requires_grad]
+        ocr, named, inputs = _tiny_paper(seed=4, bf16_values=True)
         prec = Precision("bfloat16", torch.device("cpu"), ocr.model, master_weights=False, distributed=False,
                          bf16_frozen_base=hold)
         opt = torch.optim.AdamW([p for _, p in named], lr=1e-3, foreach=True)
-        inputs = [ocr.prepare(img, "<image>\nFree OCR.", mode="512:256:crop", answer="total 12.50"),
-                  ocr.prepare(None, "Say hi.", answer="hi")]
         prec.start()
         sam_weight = ocr.model.vision.sam.blocks[0].attn.qkv.weight
         assert sam_weight.dtype == (torch.bfloat16 if hold else torch.float32)
