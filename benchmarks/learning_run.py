@@ -57,7 +57,7 @@ from deepseek_ocr.evaluation.errors import MetricDependencyError  # noqa: E402
 from deepseek_ocr.processing.prompt import PreparedInputs, build_inputs, with_answer  # noqa: E402
 from deepseek_ocr.processing.tokenizer import Tokenizer  # noqa: E402
 from deepseek_ocr.processing.views import make_views, resolve_mode, to_pixels  # noqa: E402
-from deepseek_ocr.training.optim import param_groups  # noqa: E402
+from deepseek_ocr.training.optim import VISION_TOWER, build_optimizer  # noqa: E402
 from deepseek_ocr.training.precision import MasterWeights, matmul_weights  # noqa: E402
 from deepseek_ocr.training.trainable import set_trainable, summarize as summarize_trainable  # noqa: E402
 from deepseek_ocr.weights.random import make_random_checkpoint  # noqa: E402
@@ -241,21 +241,14 @@ def profile_steps(ocr, batch, opt, params, amp, a, masters=None) -> None:
 
 def tower_and_rest_optimizer(model: torch.nn.Module, lr: float, weight_decay: float,
                              tower_lr_scale: float, substitute=None, beta2: float = 0.999) -> torch.optim.AdamW:
-    """AdamW (the library's decay / no-decay groups) with the vision tower (SAM, CLIP) at
-    `tower_lr_scale` times the learning rate of the rest (projector, decoder); each group's
-    `lr_scale` multiplies the schedule's rate. `beta2`: the second moment's decay (0.95, as
-    models trained from scratch commonly use, forgets a gradient scale that has since grown
-    within ~20 steps instead of ~1,000: updates stay near the rate when gradients jump)."""
-    named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
-    tower = [(n, p) for n, p in named if n.startswith(("vision.sam.", "vision.clip."))]
-    rest = [(n, p) for n, p in named if not n.startswith(("vision.sam.", "vision.clip."))]
-    groups = []
-    for part, scale in ((tower, tower_lr_scale), (rest, 1.0)):
-        for g in param_groups(part, weight_decay, substitute):
-            g["lr_scale"] = scale
-            groups.append(g)
-    fused = all(p.is_cuda for _, p in named)
-    return torch.optim.AdamW(groups, lr=lr, betas=(0.9, beta2), weight_decay=weight_decay, fused=fused or None)
+    """The library's AdamW (training/optim.py: decay / no-decay groups) with the vision tower
+    (SAM, CLIP) at `tower_lr_scale` times the learning rate of the rest (projector, decoder)
+    where the tower trains; each group's `lr_scale` multiplies the schedule's rate. `beta2`: the
+    second moment's decay (0.95, as models trained from scratch commonly use, forgets a gradient
+    scale that has since grown within ~20 steps instead of ~1,000)."""
+    tower_trains = any(p.requires_grad for n, p in model.named_parameters() if n.startswith(VISION_TOWER))
+    return build_optimizer(model, lr=lr, weight_decay=weight_decay, betas=(0.9, beta2), substitute=substitute,
+                           vision_lr_scale=tower_lr_scale if tower_trains else 1.0)
 
 
 def tower_grad_norm(params: list[torch.Tensor], device: torch.device) -> torch.Tensor:
@@ -415,7 +408,7 @@ def main(argv=None):
     summary = set_trainable(ocr.model, "all" if a.preset == "tower-frozen" else a.preset)
     if a.preset == "tower-frozen":
         for name, p in ocr.model.named_parameters():
-            if name.startswith(("vision.sam.", "vision.clip.")):
+            if name.startswith(VISION_TOWER):
                 p.requires_grad_(False)
         summary = summarize_trainable(ocr.model, a.preset)
     print(summary, flush=True)
@@ -436,7 +429,7 @@ def main(argv=None):
     params = [masters.master_of(p) if masters else p for p in ocr.model.parameters() if p.requires_grad]
     # The vision tower's share of the gradient norm, logged with the total (where the jumps come from).
     tower_params = [masters.master_of(p) if masters else p for n, p in ocr.model.named_parameters()
-                    if p.requires_grad and n.startswith(("vision.sam.", "vision.clip."))]
+                    if p.requires_grad and n.startswith(VISION_TOWER)]
     amp = torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else torch.autocast("cpu", enabled=False)
     budget = a.minutes * 60
     decay_s = (a.decay_minutes if a.decay_minutes is not None else a.minutes) * 60

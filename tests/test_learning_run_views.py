@@ -106,8 +106,8 @@ def test_optimizer_groups_take_the_tower_scale_and_beta2():
     named = {id(p): n for n, p in model.named_parameters()}
     groups = {(g["group"], g["lr_scale"]): sorted(named[id(p)] for p in g["params"]) for g in opt.param_groups}
     assert groups == {
-        ("decay", 0.5): ["vision.clip.weight", "vision.sam.weight"],
-        ("no_decay", 0.5): ["vision.clip.bias", "vision.sam.bias"],
+        ("vision_decay", 0.5): ["vision.clip.weight", "vision.sam.weight"],
+        ("vision_no_decay", 0.5): ["vision.clip.bias", "vision.sam.bias"],
         ("decay", 1.0): ["decoder.weight", "vision.projector.weight"],
         ("no_decay", 1.0): ["decoder.bias", "vision.projector.bias"]}
     assert all(g["betas"] == (0.9, 0.95) for g in opt.param_groups)

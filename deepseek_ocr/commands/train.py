@@ -49,6 +49,8 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--lora-rslora", action="store_const", const=True, help="rank-stabilized scaling alpha/sqrt(r)")
     g = ap.add_argument_group("optimization")
     g.add_argument("--lr", type=float, help="peak learning rate (default 2e-4 LoRA, 3e-5 full)")
+    g.add_argument("--vision-lr-scale", type=float,
+                   help="SAM's and CLIP's learning rate as a multiple of --lr (default 1; e.g. 0.3 with --preset paper)")
     g.add_argument("--weight-decay", type=float)
     g.add_argument("--warmup-steps", type=int)
     g.add_argument("--schedule", choices=SCHEDULES)

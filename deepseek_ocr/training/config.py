@@ -60,7 +60,8 @@ class TrainConfig:
         PEFT's `modules_to_save`, e.g. ["model.norm"]).
 
     Optimization:
-        lr (default 2e-4 for LoRA, 3e-5 otherwise), min_lr_ratio, weight_decay, betas, eps,
+        lr (default 2e-4 for LoRA, 3e-5 otherwise), vision_lr_scale (SAM's and CLIP's rate as a
+        multiple of lr, e.g. 0.3; training/optim.py), min_lr_ratio, weight_decay, betas, eps,
         warmup_steps, schedule (cosine, linear, constant), max_steps and/or epochs (the first
         reached ends the run), batch_size (samples per micro-batch), grad_accum (micro-batches
         per optimizer step), max_grad_norm (0: no clipping), on_nonfinite ("stop" the run at a
@@ -112,6 +113,7 @@ class TrainConfig:
     lora_modules_to_save: list[str] | None = None
 
     lr: float | None = None
+    vision_lr_scale: float = 1.0
     min_lr_ratio: float = 0.0
     weight_decay: float = 0.0
     betas: list[float] = field(default_factory=lambda: [0.9, 0.999])
@@ -269,7 +271,7 @@ def _suggest(key: str, known: set[str]) -> str:
 _INT = ("warmup_steps", "batch_size", "grad_accum", "seed", "checkpoint_every", "keep_checkpoints",
         "eval_every", "log_every", "prepare_workers")
 _OPT_INT = ("max_length", "eval_max_samples", "max_steps", "lora_r", "eval_batch_size", "eval_max_new_tokens")
-_FLOAT = ("lora_dropout", "min_lr_ratio", "weight_decay", "eps", "max_grad_norm")
+_FLOAT = ("lora_dropout", "vision_lr_scale", "min_lr_ratio", "weight_decay", "eps", "max_grad_norm")
 _OPT_FLOAT = ("lora_alpha", "lr", "epochs")
 _BOOL = ("lora_rslora", "aux_loss", "gradient_checkpointing", "save_model", "cache_vision", "progress",
          "tensorboard", "master_weights", "bf16_frozen_base")
@@ -356,6 +358,8 @@ def _value_problems(c: TrainConfig) -> list[str]:
         p.append(f"epochs must be positive, got {c.epochs}")
     if c.lr is not None and not c.lr > 0:
         p.append(f"lr must be positive, got {c.lr}")
+    if not c.vision_lr_scale > 0:
+        p.append(f"vision_lr_scale must be positive, got {c.vision_lr_scale}")
     if not 0.0 <= c.min_lr_ratio <= 1.0:
         p.append(f"min_lr_ratio must be in [0, 1], got {c.min_lr_ratio}")
     if c.weight_decay < 0:

@@ -138,7 +138,8 @@ class Trainer:
                                 "`deepseek-ocr eval` on the saved model")
         self.optimizer = build_optimizer(root, lr=cfg.learning_rate, weight_decay=cfg.weight_decay,
                                          betas=tuple(cfg.betas), eps=cfg.eps,
-                                         substitute=self.precision.substitute)
+                                         substitute=self.precision.substitute,
+                                         vision_lr_scale=cfg.vision_lr_scale)
         self.order = SampleOrder(len(train_data), seed=cfg.seed, rank=self.rank, world_size=self.world_size)
         self.state = TrainState(config=cfg.to_dict())
         if saved is not None:
@@ -265,7 +266,7 @@ class Trainer:
                     "tokens": int(all_reduce_sum(tokens, self.dist)),
                     "samples": len(indices) * self.world_size}
         for group in self.optimizer.param_groups:
-            group["lr"] = lr
+            group["lr"] = lr * group.get("lr_scale", 1.0)
         self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
         self.precision.after_step()
