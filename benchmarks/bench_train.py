@@ -181,6 +181,7 @@ def run_config(ocr, batch, device, args) -> dict:
         losses.append(float(out.ce.detach()))
     if args.profile:
         profile_steps(ocr, batch, opt, device, args)
+    phases = phase_times(ocr, batch, opt, device, args) if args.phases else None
     s = statistics.median(times)
     tokens = out.num_tokens
     padded = len(batch) * max(inp.num_tokens for inp in batch)
@@ -189,22 +190,49 @@ def run_config(ocr, batch, device, args) -> dict:
            "tokens_per_s": round(tokens / s), "loss_first": round(losses[0], 4), "loss_last": round(losses[-1], 4)}
     if device.type == "cuda":
         res["peak_gib"] = round(torch.cuda.max_memory_allocated() / 2**30, 2)
+    if phases:
+        res["phases_ms"] = phases
     del opt
     return res
 
 
-def train_step(ocr, batch, opt, device, args):
-    """fwd + bwd + optimizer step; the loss object."""
+def train_step(ocr, batch, opt, device, args, marks: list | None = None):
+    """fwd + bwd + optimizer step; the loss object. `marks`: the host's clock is appended to it
+    after the forward, the backward and the optimizer step are launched."""
+    mark = marks.append if marks is not None else (lambda _: None)
     opt.zero_grad(set_to_none=True)
     with autocast(device, ocr.precision):
         out = ocr.loss(batch, gradient_checkpointing=args.gradient_checkpointing)
+    mark(time.perf_counter())
     out.loss.backward()
     if ocr.precision:  # as Trainer._step: with masters, bf16 gradients into float32, step, round back
         ocr.precision.after_backward()
+    mark(time.perf_counter())
     opt.step()
     if ocr.precision:
         ocr.precision.after_step()
+    mark(time.perf_counter())
     return out
+
+
+def phase_times(ocr, batch, opt, device, args, steps: int = 4) -> dict:
+    """Whose time is the step, the host's or the GPU's, without a profiler's overhead: medians
+    over `steps` more steps of the host's time to launch the forward, the backward and the
+    optimizer step (`host_*`), and of `gpu_tail`, how long the GPU still works after the host
+    has launched the last kernel. A tail near 0 means the GPU waited for the host (the step is
+    the host's launch time: fewer operators or compiled ones help); a long tail means the
+    kernels are the step (faster kernels help)."""
+    rows = []
+    for _ in range(steps):
+        sync(device)
+        marks = [time.perf_counter()]
+        train_step(ocr, batch, opt, device, args, marks)
+        sync(device)
+        marks.append(time.perf_counter())
+        t0, t1, t2, t3, t4 = marks
+        rows.append({"host_forward": t1 - t0, "host_backward": t2 - t1, "host_optimizer": t3 - t2,
+                     "gpu_tail": t4 - t3, "wall": t4 - t0})
+    return {k: round(statistics.median(r[k] for r in rows) * 1e3, 2) for k in rows[0]}
 
 
 def profile_steps(ocr, batch, opt, device, args) -> None:
@@ -275,6 +303,9 @@ def main(argv=None):
     ap.add_argument("--no-check", dest="check", action="store_false")
     ap.add_argument("--checkpoint", default=None, help="random checkpoint folder (default weights/random-12x64)")
     ap.add_argument("--json", default=None)
+    ap.add_argument("--phases", action="store_true",
+                    help="after the timed steps, 4 more timed by phase: host launch time of forward, backward "
+                         "and optimizer, and the GPU's tail after the last launch (host- or GPU-bound?)")
     ap.add_argument("--profile", default=None, help="append a torch.profiler table of 2 more steps per row here")
     ap.add_argument("--smoke", action="store_true", help="CPU-sized model and views, 1 step")
     args = ap.parse_args(argv)
@@ -358,6 +389,8 @@ def print_table(report: dict) -> None:
         vs = f"{r['speedup_vs_official']}x" if "speedup_vs_official" in r else ""
         print(f"| {r['workload']} | {r['mode']} | {r['weights']} | {r['s_per_step']} | {r['samples_per_s']} | "
               f"{r['tokens_per_s']:,} | {r.get('peak_gib', '')} | {vs} |")
+        if "phases_ms" in r:
+            print(f"  phases (ms): {r['phases_ms']}")
     for p in report.get("packing", []):
         print(f"packing ({p['mode']}, {p['weights']}): padding {p['padding_fraction']:.1%}, "
               f"bound {p['packing_bound']}x -> {p['verdict']}")
