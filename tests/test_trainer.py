@@ -37,6 +37,8 @@ from deepseek_ocr.training.lora import has_lora, merge_lora, unload
 from deepseek_ocr.training.trainer import NonFiniteLossError, Trainer, TrainingError, TrainingOOMError
 from deepseek_ocr.weights.random import make_random_checkpoint
 
+from test_pipeline import CKPT_ARGS, checkpoint_folder
+
 TINY = dict(layers=2, experts=4, topk=2, dtype=torch.float32, hidden_size=64, heads=2,
             intermediate_size=128, moe_intermediate_size=32)
 
@@ -46,9 +48,10 @@ def ckpt(tmp_path_factory) -> Path:
     reuse = os.environ.get("DEEPSEEK_OCR_TRAIN_CKPT")
     if reuse and (Path(reuse) / "config.json").is_file():
         return Path(reuse)
-    folder = tmp_path_factory.mktemp("train_ckpt")
-    make_random_checkpoint(folder, **TINY)
-    return folder
+    # TINY is test_pipeline's CKPT_ARGS: the session's one random checkpoint of that shape
+    # (~12 s to build on the CI machine) serves the pipeline, command and training tests alike.
+    assert TINY == CKPT_ARGS
+    return checkpoint_folder(tmp_path_factory)
 
 
 @pytest.fixture(scope="module")
