@@ -2,9 +2,10 @@
 # Device run prepared in the thirteenth session for the next one, one call each (carry .whl/;
 # `gpu` also .shared/). Suggested order: gpu+phases in one call, then compile, then learn.
 #   bash benchmarks/device_round15.sh gpu     # the GPU tests (training, grouped experts, engine) at this code
-#   bash benchmarks/device_round15.sh phases  # `paper` on "page", bf16 / fp32 / master weights, each step split
-#                                             # into the host's launch time per phase and the GPU's tail
-#                                             # (bench_train --phases): is the fp32 step the host's?
+#   bash benchmarks/device_round15.sh phases  # `paper` on "page", fp32 / bf16 / master / fp32 weights, one
+#                                             # process each, each step split into the host's launch time
+#                                             # per phase and the GPU's tail (bench_train --phases): is the
+#                                             # fp32 step the host's, and is it the format or the order?
 #   bash benchmarks/device_round15.sh compile # fp32 and masters with CLIP's and the decoder's layers compiled,
 #                                             # against uncompiled, the same phases recorded
 #   bash benchmarks/device_round15.sh learn   # the learning run with its new defaults (CLIP at 0.3x through
@@ -18,10 +19,18 @@ case "${1:-}" in
       tests/test_training_optim.py
     ;;
   phases)
+    # One process per format, fp32 first and last: within one process the rows always ran bf16,
+    # fp32, master, and across rounds fp32 and masters measured 0.21-0.28 s while bf16 measured
+    # 0.16-0.21; the profile's host ops were ~1.5x slower per call in the fp32 row than in the
+    # bf16 row with about the same number of launches. Is it the format or the order?
     full_checkpoint
-    timeout 240 "$PY" benchmarks/bench_train.py --workload page --mode paper --weights all --steps 6 --warmup 2 \
-      --no-check --phases --checkpoint /tmp/full --json "$OUT/train_paper_phases.json" > /tmp/phases.log 2>&1
-    echo "rc=$?"; grep -E '^\| page|phases|rror' /tmp/phases.log
+    i=0
+    for w in fp32 bf16 master fp32; do
+      i=$((i + 1)); name=${i}_$w
+      timeout 120 "$PY" benchmarks/bench_train.py --workload page --mode paper --weights "$w" --steps 6 --warmup 2 \
+        --no-check --phases --checkpoint /tmp/full --json "$OUT/train_paper_phases_$name.json" > "/tmp/phases_$name.log" 2>&1
+      echo "$name rc=$?: $(grep -E '^\| page|rror' "/tmp/phases_$name.log" | tail -1) $(grep phases "/tmp/phases_$name.log")"
+    done
     ;;
   compile)
     full_checkpoint
