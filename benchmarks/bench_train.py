@@ -306,7 +306,10 @@ def main(argv=None):
     ap.add_argument("--phases", action="store_true",
                     help="after the timed steps, 4 more timed by phase: host launch time of forward, backward "
                          "and optimizer, and the GPU's tail after the last launch (host- or GPU-bound?)")
-    ap.add_argument("--profile", default=None, help="append a torch.profiler table of 2 more steps per row here")
+    ap.add_argument("--profile", default=None,
+                    help="append a torch.profiler table of 2 more steps per row here (the rows after the first "
+                         "are then timed after a profiler session in this process, which may slow their launches: "
+                         "take timings from runs without --profile)")
     ap.add_argument("--smoke", action="store_true", help="CPU-sized model and views, 1 step")
     args = ap.parse_args(argv)
     device = torch.device("cuda" if torch.cuda.is_available() and not args.smoke else "cpu")
