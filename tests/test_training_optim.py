@@ -70,6 +70,12 @@ def test_config_and_command_line():
     # It changes what the optimizer does: a resumed run may not change it.
     assert resume_differences(TrainConfig(data=["d"], max_steps=1).to_dict(), cfg) == [
         "preset: checkpoint None, now 'paper'", "vision_lr_scale: checkpoint 1.0, now 0.3"]
+    # A checkpoint written before the setting existed trained at its default (1): it resumes as
+    # it was, and not with another scale.
+    older = TrainConfig(data=["d"], max_steps=1, preset="paper").to_dict()
+    del older["vision_lr_scale"]
+    assert resume_differences(older, TrainConfig(data=["d"], max_steps=1, preset="paper")) == []
+    assert resume_differences(older, cfg) == ["vision_lr_scale: checkpoint 1.0, now 0.3"]
 
 
 def _paper_run(tmp_path, name: str, **kw):

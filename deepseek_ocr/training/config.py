@@ -399,12 +399,16 @@ RESUMABLE_CHANGES = frozenset({
 
 
 def resume_differences(saved: Mapping[str, Any], current: TrainConfig) -> list[str]:
-    """Settings that differ from the checkpoint's and would change the training itself."""
+    """Settings that differ from the checkpoint's and would change the training itself. A
+    setting the checkpoint does not name (written before the setting existed) had its default."""
     now = current.to_dict()
+    defaults = {f.name: f.default if f.default_factory is dataclasses.MISSING else f.default_factory()
+                for f in fields(TrainConfig)}
     out = []
     for key in sorted(set(saved) | set(now)):
         if key in RESUMABLE_CHANGES:
             continue
-        if saved.get(key) != now.get(key):
-            out.append(f"{key}: checkpoint {saved.get(key)!r}, now {now.get(key)!r}")
+        was = saved.get(key, defaults.get(key))
+        if was != now.get(key):
+            out.append(f"{key}: checkpoint {was!r}, now {now.get(key)!r}")
     return out
