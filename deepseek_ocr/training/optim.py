@@ -7,7 +7,7 @@ other vectors only shrinks offsets, so parameters with fewer than 2 dimensions, 
 
 `vision_lr_scale` puts the vision tower's parameters (SAM and CLIP, what `paper` and `all`
 train of it) in groups of their own whose rate is that multiple of the rest's (the projector and
-the decoder): a ViT trained at a language model's rate is the usual source of loss spikes, and
+the decoder): a ViT trained at a language model's rate is a common source of loss spikes, and
 the learning run of benchmarks/RESULTS.md (twelfth round) read 0.024 CER at 10 minutes with CLIP
 at 0.3x, where seven runs at 1x read 0.243-0.560. Each group carries `lr_scale`; the trainer sets
 `lr = schedule rate * lr_scale`.
