@@ -11,14 +11,13 @@ torch: the command line validates a configuration before loading anything heavy.
 from __future__ import annotations
 
 import dataclasses
-import difflib
-import json
 import math
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, Mapping
 
-from ..errors import DeepseekOCRError
+from .config_file import flatten, read_config_file, suggest
+from .errors import TrainConfigError  # noqa: F401 (raised here, and imported from here by callers)
 
 DEFAULT_MODEL = "deepseek-ai/DeepSeek-OCR"  # weights.loading.DEFAULT_REPO, without importing torch
 PRESETS = ("decoder", "paper", "all", "lora")
@@ -26,14 +25,6 @@ SCHEDULES = ("cosine", "linear", "constant")
 DTYPES = ("auto", "float32", "bfloat16")
 NONFINITE_POLICIES = ("stop", "skip")  # training/nonfinite.py
 DEFAULT_LR = {"lora": 2e-4, "full": 3e-5}  # the Unsloth LoRA recipe; the paper's stage-2 lr
-
-
-class TrainConfigError(DeepseekOCRError, ValueError):
-    """A training configuration that cannot be used; `problems` lists every issue found."""
-
-    def __init__(self, message: str, problems: list[str] | tuple[str, ...] = ()):
-        self.problems = list(problems)
-        super().__init__(message + "".join(f"\n  - {p}" for p in self.problems))
 
 
 @dataclass
@@ -199,11 +190,11 @@ class TrainConfig:
     def from_dict(cls, data: Mapping[str, Any], source: str = "configuration") -> "TrainConfig":
         if not isinstance(data, Mapping):
             raise TrainConfigError(f"{source}: expected a table of settings, got {type(data).__name__}")
-        flat = _flatten(data)
+        flat = flatten(data)
         known = {f.name for f in fields(cls)}
         unknown = [k for k in flat if k not in known]
         if unknown:
-            raise TrainConfigError(f"{source}: unknown setting(s):", [_suggest(k, known) for k in unknown])
+            raise TrainConfigError(f"{source}: unknown setting(s):", [suggest(k, known) for k in unknown])
         try:
             return cls(**flat)
         except TrainConfigError as exc:
@@ -217,54 +208,12 @@ class TrainConfig:
         data: dict[str, Any] = {}
         source = "command line"
         if path is not None:
-            data = _flatten(read_config_file(path))
+            data = flatten(read_config_file(path))
             source = str(path)
         for key, value in (overrides or {}).items():
             if value is not None:
                 data[key] = value
         return cls.from_dict(data, source)
-
-
-def read_config_file(path: str | Path) -> dict[str, Any]:
-    path = Path(path)
-    try:
-        raw = path.read_bytes()
-    except OSError as exc:
-        raise TrainConfigError(f"{path}: cannot read the configuration file ({exc.strerror or exc})") from None
-    suffix = path.suffix.lower()
-    try:
-        if suffix == ".toml":
-            import tomllib  # Python >= 3.11
-            return tomllib.loads(raw.decode("utf-8"))
-        if suffix == ".json":
-            data = json.loads(raw.decode("utf-8"))
-            if not isinstance(data, dict):
-                raise TrainConfigError(f"{path}: expected a JSON object at the top level")
-            return data
-    except ImportError:
-        raise TrainConfigError(f"{path}: TOML needs Python 3.11 or newer (tomllib); use a .json file") from None
-    except (UnicodeDecodeError, ValueError) as exc:  # JSONDecodeError and TOMLDecodeError are ValueErrors
-        if isinstance(exc, TrainConfigError):
-            raise
-        raise TrainConfigError(f"{path}: not valid {suffix[1:].upper()}: {exc}") from None
-    raise TrainConfigError(f"{path}: unknown configuration format {suffix!r} (use .json or .toml)")
-
-
-def _flatten(data: Mapping[str, Any]) -> dict[str, Any]:
-    """Lift the keys of TOML tables (sections) to the top level; a known field that is itself a
-    mapping does not exist, so every mapping value is a section."""
-    out: dict[str, Any] = {}
-    for key, value in data.items():
-        if isinstance(value, Mapping):
-            out.update(_flatten(value))
-        else:
-            out[key] = value
-    return out
-
-
-def _suggest(key: str, known: set[str]) -> str:
-    close = difflib.get_close_matches(key, sorted(known), n=1)
-    return f"{key!r}" + (f" (did you mean {close[0]!r}?)" if close else "")
 
 
 # ------------------------------------------------------------------------------- validation

@@ -1,7 +1,16 @@
-"""Why a training run stopped (raised by the loop in trainer.py and the distributed seam)."""
+"""Why a training run stopped or could not start (raised by the loop in trainer.py, the
+distributed seam, and the configuration's checks in config.py)."""
 from __future__ import annotations
 
 from ..errors import DeepseekOCRError
+
+
+class TrainConfigError(DeepseekOCRError, ValueError):
+    """A training configuration that cannot be used; `problems` lists every issue found."""
+
+    def __init__(self, message: str, problems: list[str] | tuple[str, ...] = ()):
+        self.problems = list(problems)
+        super().__init__(message + "".join(f"\n  - {p}" for p in self.problems))
 
 
 class TrainingError(DeepseekOCRError, RuntimeError):

@@ -22,7 +22,7 @@ from typing import Callable, Iterable
 import torch
 from torch import nn
 
-from .config import TrainConfigError
+from .errors import TrainConfigError
 
 
 def no_decay(name: str, param: torch.Tensor) -> bool:
