@@ -129,7 +129,7 @@ def autocast(device, precision=None):
     return torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else contextlib.nullcontext()
 
 
-def load(folder: Path, mode: str, weights: str, device, compile_layers: str | None):
+def load(folder: Path, mode: str, weights: str, device, compile_layers: str | None, compile_mode: str | None = None):
     dtype = torch.float32 if weights in ("fp32", "master") else torch.bfloat16
     ocr = DeepseekOCR.from_pretrained(folder, device=device, dtype=dtype)
     if mode == "lora":
@@ -146,12 +146,14 @@ def load(folder: Path, mode: str, weights: str, device, compile_layers: str | No
     # torch.compile per layer (fused elementwise glue, fewer launches for the host to make):
     # the decoder's layers, CLIP's (the trained half of the tower), or both.
     layers = []
-    if compile_layers in ("decoder", "all"):
+    if compile_layers in ("decoder", "all", "all+sam"):
         layers += list(ocr.model.decoder.layers)
-    if compile_layers in ("clip", "all"):
+    if compile_layers in ("clip", "all", "all+sam"):
         layers += list(ocr.model.vision.clip.transformer.layers)
+    if compile_layers == "all+sam":  # the frozen SAM's blocks too (forward only under `paper`)
+        layers += list(ocr.model.vision.sam.blocks)
     for layer in layers:
-        layer.compile()
+        layer.compile(mode=compile_mode)
     return ocr, summary
 
 
@@ -201,6 +203,8 @@ def train_step(ocr, batch, opt, device, args, marks: list | None = None):
     after the forward, the backward and the optimizer step are launched."""
     mark = marks.append if marks is not None else (lambda _: None)
     opt.zero_grad(set_to_none=True)
+    if args.compile_mode == "reduce-overhead":  # CUDA graphs: a new step, the last one's outputs may be reused
+        torch.compiler.cudagraph_mark_step_begin()
     with autocast(device, ocr.precision):
         out = ocr.loss(batch, gradient_checkpointing=args.gradient_checkpointing)
     mark(time.perf_counter())
@@ -297,8 +301,11 @@ def main(argv=None):
     ap.add_argument("--steps", type=int, default=10)
     ap.add_argument("--warmup", type=int, default=3)
     ap.add_argument("--gradient-checkpointing", action="store_true")
-    ap.add_argument("--compile", nargs="?", const="decoder", default=None, choices=["decoder", "clip", "all"],
-                    help="torch.compile each layer of the decoder (the default when given alone), of CLIP, or all")
+    ap.add_argument("--compile", nargs="?", const="decoder", default=None, choices=["decoder", "clip", "all", "all+sam"],
+                    help="torch.compile each layer of the decoder (the default when given alone), of CLIP, of both "
+                         "(all), or of both and the frozen SAM's blocks (all+sam)")
+    ap.add_argument("--compile-mode", default=None, choices=["default", "reduce-overhead", "max-autotune-no-cudagraphs"],
+                    help="torch.compile's mode (reduce-overhead: each compiled layer replayed as CUDA graphs)")
     ap.add_argument("--packing", action="store_true", help="also lines-mixed vs lines-mixed-ideal")
     ap.add_argument("--no-check", dest="check", action="store_false")
     ap.add_argument("--checkpoint", default=None, help="random checkpoint folder (default weights/random-12x64)")
@@ -334,12 +341,12 @@ def main(argv=None):
         print("grouped vs reference:", report["check"], flush=True)
     for mode in modes:
         for weights in weights_for(mode, args.weights, args.smoke):
-            ocr, summary = load(folder, mode, weights, device, args.compile)
+            ocr, summary = load(folder, mode, weights, device, args.compile, args.compile_mode)
             print(f"\n{mode} ({weights} weights): {summary.lines()[0]}", flush=True)
             for name in names:
                 row = {"workload": name, "mode": mode, "weights": weights, "batch": len(batches[name]),
                        "gradient_checkpointing": args.gradient_checkpointing, "compile": args.compile,
-                       "trainable": summary.trainable}
+                       "compile_mode": args.compile_mode, "trainable": summary.trainable}
                 try:
                     row.update(run_config(ocr, batches[name], device, args))
                 except torch.cuda.OutOfMemoryError as exc:

@@ -79,3 +79,35 @@ def test_a_training_step_does_not_wait_for_the_gpu(small_checkpoint):
     assert results[0].num_labels == first.num_labels and results[0].num_tokens == first.num_tokens
     grads = [p.grad for p in ocr.model.vision.clip.parameters() if p.grad is not None]
     assert grads and all(torch.isfinite(g).all() for g in grads)
+
+
+@pytest.mark.parametrize("master_weights", [False, True])
+def test_compiled_layers_with_cuda_graphs_train_as_the_uncompiled_ones(tmp_path, small_checkpoint, master_weights):
+    """`compile="all"` with `compile_mode="reduce-overhead"` (inductor, CLIP's and the decoder's
+    layers replayed as CUDA graphs): the same losses as the uncompiled trainer within bf16's
+    rounding, an evaluation at the end (generation runs the layers uncompiled), and the graphs'
+    outputs never read after they were overwritten (cudagraph trees raise if they are)."""
+    from deepseek_ocr import DeepseekOCR
+    from deepseek_ocr.training.config import TrainConfig
+    from deepseek_ocr.training.trainer import Trainer
+    runs = {}
+    for scope in (None, "all"):
+        torch._dynamo.reset()
+        ocr = DeepseekOCR.from_pretrained(small_checkpoint, device=TEST_DEVICE, dtype=torch.float32)
+        # Two batches of two tiny-mode pages with answers of one length (one graph per length),
+        # then the first batch again (a replay).
+        items = [ocr.prepare(_page(t), "<image>\nFree OCR.", mode="tiny", answer=t)
+                 for t in ("invoice 42", "invoice 43", "receipt 17", "receipt 18")]
+        cfg = TrainConfig(model="unused", data=["in-memory"], output_dir=str(tmp_path / f"run-{scope}"),
+                          preset="paper", lr=1e-5, max_steps=3, batch_size=2, schedule="constant",
+                          master_weights=master_weights, compile=scope,
+                          compile_mode="reduce-overhead" if scope else "default",
+                          progress=False, tensorboard=False, save_model=False, checkpoint_every=0,
+                          log_every=1)
+        result = Trainer(ocr, cfg, items, eval_data=items[:2]).train()
+        runs[scope] = result
+        assert result.eval is not None and result.step == 3
+        del ocr
+    want = [r["loss"] for r in runs[None].losses]
+    got = [r["loss"] for r in runs["all"].losses]
+    assert all(abs(g - w) <= 2e-2 * abs(w) for g, w in zip(got, want)), (got, want)

@@ -14,7 +14,8 @@ import argparse
 import sys
 from pathlib import Path
 
-from ..training.config import DTYPES, NONFINITE_POLICIES, PRESETS, SCHEDULES, TrainConfig, TrainConfigError
+from ..training.config import (COMPILE_MODES, COMPILE_SCOPES, DTYPES, NONFINITE_POLICIES, PRESETS, SCHEDULES,
+                               TrainConfig, TrainConfigError)
 from . import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK, EXIT_USAGE
 from .common import parse_args, say, write_json
 
@@ -74,6 +75,12 @@ def build_parser() -> argparse.ArgumentParser:
                    help="autocast's casts of the float32 weights at every use (the default)")
     g.add_argument("--no-bf16-frozen-base", dest="bf16_frozen_base", action="store_const", const=False,
                    help="keep a frozen decoder base (LoRA) in float32 instead of bf16 (where bf16 is exact)")
+    g.add_argument("--compile", choices=COMPILE_SCOPES,
+                   help="torch.compile the decoder's layers, CLIP's, or all of both for the training steps "
+                        "(fuses each layer's glue: fewer launches for the host)")
+    g.add_argument("--compile-mode", choices=COMPILE_MODES,
+                   help="default, or reduce-overhead (the compiled layers replayed as CUDA graphs: the fastest "
+                        "where every batch has one length; CUDA, one process, no gradient checkpointing)")
     g.add_argument("--device", help="cuda, cuda:1, cpu (default: cuda when available)")
     g.add_argument("--strategy", choices=("ddp", "fsdp"),
                    help="under torchrun: ddp (default; LoRA or full) or fsdp (FSDP2 sharding, full fine-tuning)")

@@ -24,6 +24,8 @@ PRESETS = ("decoder", "paper", "all", "lora")
 SCHEDULES = ("cosine", "linear", "constant")
 DTYPES = ("auto", "float32", "bfloat16")
 NONFINITE_POLICIES = ("stop", "skip")  # training/nonfinite.py
+COMPILE_SCOPES = ("decoder", "clip", "all")  # training/compiled.py
+COMPILE_MODES = ("default", "reduce-overhead", "max-autotune-no-cudagraphs")
 DEFAULT_LR = {"lora": 2e-4, "full": 3e-5}  # the Unsloth LoRA recipe; the paper's stage-2 lr
 
 
@@ -67,6 +69,10 @@ class TrainConfig:
         in one process: the frozen matmul weights, a LoRA run's base and the vision tower's frozen
         part (SAM under `paper`; not when cache_vision caches its rows), are held in bf16 where
         bf16 holds their values exactly: the same arithmetic, half their memory, no casts),
+        compile (torch.compile the decoder's layers, CLIP's, or "all" of both, for the training
+        steps; off by default) and compile_mode ("default"; "reduce-overhead": the compiled
+        layers replayed as CUDA graphs, CUDA and one process only, a graph per batch length, so
+        best with batches of one length; training/compiled.py),
         device (None: CUDA when available).
 
     Output:
@@ -124,6 +130,8 @@ class TrainConfig:
     dtype: str = "auto"
     master_weights: bool = False
     bf16_frozen_base: bool = True
+    compile: str | None = None
+    compile_mode: str = "default"
     device: str | None = None
 
     output_dir: str = "train-output"
@@ -225,8 +233,8 @@ _OPT_FLOAT = ("lora_alpha", "lr", "epochs")
 _BOOL = ("lora_rslora", "aux_loss", "gradient_checkpointing", "save_model", "cache_vision", "progress",
          "tensorboard", "master_weights", "bf16_frozen_base")
 _STR = ("model", "data_format", "on_error", "on_nonfinite", "mode", "length_policy", "schedule", "dtype", "output_dir",
-        "strategy")
-_OPT_STR = ("image_root", "prompt", "preset", "device")
+        "strategy", "compile_mode")
+_OPT_STR = ("image_root", "prompt", "preset", "device", "compile")
 
 
 def _is_int(v) -> bool:
@@ -293,6 +301,15 @@ def _value_problems(c: TrainConfig) -> list[str]:
         p.append(f"schedule must be one of {', '.join(SCHEDULES)}, got {c.schedule!r}")
     if c.dtype not in DTYPES:
         p.append(f"dtype must be one of {', '.join(DTYPES)}, got {c.dtype!r}")
+    if c.compile is not None and c.compile not in COMPILE_SCOPES:
+        p.append(f"compile must be one of {', '.join(COMPILE_SCOPES)} (or unset), got {c.compile!r}")
+    if c.compile_mode not in COMPILE_MODES:
+        p.append(f"compile_mode must be one of {', '.join(COMPILE_MODES)}, got {c.compile_mode!r}")
+    elif c.compile_mode != "default" and c.compile is None:
+        p.append(f"compile_mode {c.compile_mode!r} needs compile (decoder, clip or all)")
+    if c.compile_mode == "reduce-overhead" and c.compile is not None and c.gradient_checkpointing:
+        p.append("compile_mode 'reduce-overhead' (CUDA graphs) does not combine with gradient_checkpointing: "
+                 "drop one of them")
     if c.on_error not in ("stop", "skip"):
         p.append(f"on_error must be 'stop' or 'skip', got {c.on_error!r}")
     if c.on_nonfinite not in NONFINITE_POLICIES:
@@ -338,12 +355,13 @@ def _value_problems(c: TrainConfig) -> list[str]:
 
 # Settings a resumed run may change: they decide when things happen and where, not what the
 # optimizer sees, so the loss curve after a resume still equals the uninterrupted one
-# (master_weights, bf16_frozen_base: the same bf16 values and float32 updates, cast at another time).
+# (master_weights, bf16_frozen_base: the same bf16 values and float32 updates, cast at another time;
+# compile, compile_mode: the same layers' arithmetic, fused and launched otherwise).
 RESUMABLE_CHANGES = frozenset({
     "max_steps", "epochs", "output_dir", "checkpoint_every", "keep_checkpoints", "eval_every", "log_every",
     "eval_data", "eval_max_samples", "eval_batch_size", "eval_max_new_tokens", "save_model", "progress",
     "tensorboard", "device", "cache_vision", "on_error", "image_root", "prepare_workers", "master_weights",
-    "bf16_frozen_base", "on_nonfinite",
+    "bf16_frozen_base", "on_nonfinite", "compile", "compile_mode",
 })
 
 

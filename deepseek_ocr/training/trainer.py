@@ -41,6 +41,7 @@ from .checkpoint import (CheckpointWriteError, TrainState, gather_sharded, load_
                          restore_rng, save_checkpoint, train_state)
 from .config import TrainConfig, resume_differences
 from .data.sampler import SampleOrder
+from .compiled import layer_compiler
 from .precision import Precision
 from .prefetch import StepPrefetcher
 from .distributed import all_reduce_sum, for_training, raise_together, world
@@ -130,6 +131,7 @@ class Trainer:
         self.precision = Precision(cfg.dtype, self.device, root, master_weights=cfg.master_weights,
                                    bf16_frozen_base=cfg.bf16_frozen_base, distributed=self.dist.enabled,
                                    vision_cached=cfg.cache_vision and self.vision_frozen)
+        self.compiler = layer_compiler(cfg, root, self.device, distributed=self.dist.enabled)
         # Clipping and the optimizer work on the float32 masters where there are some.
         self.step_params = [self.precision.stepped(p) for p in self.params]
         if self.dist.enabled and cfg.strategy == "fsdp" and eval_data and cfg.eval_every:
@@ -232,8 +234,9 @@ class Trainer:
             no_sync = j < len(micro) - 1 and hasattr(self.module, "no_sync")
             sync = self.module.no_sync() if no_sync else contextlib.nullcontext()
             sync.__enter__()  # left in the `finally` below, after this micro-batch's backward
+            compiled = self.compiler.active() if self.compiler else contextlib.nullcontext()
             try:
-                with self.autocast():
+                with compiled, self.autocast():
                     out = self.module(mb, aux_loss=self.cfg.aux_loss,
                                       gradient_checkpointing=self.cfg.gradient_checkpointing)
                 objective = out.ce * (out.num_labels * self.world_size / total_labels)

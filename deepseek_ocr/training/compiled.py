@@ -1,0 +1,93 @@
+"""`torch.compile` for the training step, layer by layer (the trainer's `compile` setting).
+
+Why: a `paper` step on the H200 is bound by the host, which launches ~6,000 operators per step
+(benchmarks/op_census.py); the GPU's kernels are ~120-150 ms of a 170-290 ms step, and how long
+the host takes varies by up to 2x from one process to the next on the same machine
+(benchmarks/RESULTS.md, thirteenth round). Compiling a layer fuses its elementwise glue (and
+under autocast the casts of its float32 weights); with `mode="reduce-overhead"` each compiled
+layer's forward and backward are also replayed as CUDA graphs, one launch where there were
+dozens, which is what keeps the step near the GPU's time when the host is slow.
+
+What is compiled: the decoder's layers, CLIP's (the trained half of the vision tower), or both.
+Each layer keeps its own module and parameters (`nn.Module.compile` only sets the module's call
+to a compiled one), so checkpoints, state dicts, LoRA and DDP see the same model. The compiled
+call is on only inside `active()` (the trainer's forward and backward); evaluation (generation,
+with its own kernels and cache arguments) and anything else run the layers as written.
+
+With `reduce-overhead` a graph is recorded per input shape: batches of one length (fixed-size
+pages, `max_length` with padding, or one mode) replay; every new length records again (after
+torch's recompile limit, 8 by default, the layer runs uncompiled). It needs CUDA, one process,
+and no gradient checkpointing (config.py checks).
+"""
+from __future__ import annotations
+
+import contextlib
+from typing import Iterator
+
+import torch
+from torch import nn
+
+from .config import COMPILE_MODES, COMPILE_SCOPES, TrainConfig
+from .errors import TrainingError
+
+# torch.compile's backend for the trainer's layers (tests set a tracing-only one).
+BACKEND = "inductor"
+
+
+def compiled_layers(model: nn.Module, scope: str) -> list[nn.Module]:
+    """The layers `scope` names: the decoder's, CLIP's, or both ("all")."""
+    if scope not in COMPILE_SCOPES:
+        raise ValueError(f"compile scope must be one of {', '.join(COMPILE_SCOPES)}, got {scope!r}")
+    layers: list[nn.Module] = []
+    if scope in ("decoder", "all"):
+        layers += list(model.decoder.layers)
+    if scope in ("clip", "all"):
+        layers += list(model.vision.clip.transformer.layers)
+    return layers
+
+
+class LayerCompiler:
+    """Compiled calls for `layers`, switched on inside `active()`.
+
+    `backend` is torch.compile's: "inductor" (code generation; the only one that takes `mode`),
+    or another, such as a tracing-only one in tests."""
+
+    def __init__(self, layers: list[nn.Module], mode: str = "default", backend=BACKEND):
+        if mode not in COMPILE_MODES:
+            raise ValueError(f"compile mode must be one of {', '.join(COMPILE_MODES)}, got {mode!r}")
+        self.layers = list(layers)
+        self.mode = mode
+        self.graphs = mode == "reduce-overhead"
+        kw = {"mode": None if mode == "default" else mode} if backend == "inductor" else {}
+        # One compiled callable per layer; torch.compile caches its graphs by code and guards, so
+        # layers of one class share their compiled code.
+        self._calls = [torch.compile(layer._call_impl, backend=backend, **kw) for layer in self.layers]
+
+    @contextlib.contextmanager
+    def active(self) -> Iterator[None]:
+        """The layers run compiled inside the block (a forward and its backward: the backward
+        runs the graphs recorded in the forward, whether or not the block is still open)."""
+        if self.graphs:
+            # A new step: the graphs' outputs of the last one may be overwritten now.
+            torch.compiler.cudagraph_mark_step_begin()
+        for layer, call in zip(self.layers, self._calls):
+            layer._compiled_call_impl = call
+        try:
+            yield
+        finally:
+            for layer in self.layers:
+                layer._compiled_call_impl = None
+
+
+def layer_compiler(cfg: TrainConfig, model: nn.Module, device: torch.device, *,
+                   distributed: bool) -> LayerCompiler | None:
+    """The trainer's compiled layers from its `compile` and `compile_mode` settings, or None."""
+    if cfg.compile is None:
+        return None
+    if distributed:
+        raise TrainingError("compile is not supported under torchrun yet (measured in one process only): "
+                            "unset compile for distributed runs")
+    if cfg.compile_mode == "reduce-overhead" and torch.device(device).type != "cuda":
+        raise TrainingError(f"compile_mode 'reduce-overhead' records CUDA graphs, and the device is {device}: "
+                            "use compile_mode 'default', or train on CUDA")
+    return LayerCompiler(compiled_layers(model, cfg.compile), cfg.compile_mode, backend=BACKEND)
