@@ -64,6 +64,7 @@ from deepseek_ocr.training.lora import LoraConfig, apply_lora  # noqa: E402
 from deepseek_ocr.training.optim import build_optimizer  # noqa: E402
 from deepseek_ocr.training.precision import Precision  # noqa: E402
 from deepseek_ocr.training.trainable import set_trainable  # noqa: E402
+from deepseek_ocr.training.compiled import LayerCompiler, compiled_layers  # noqa: E402
 from deepseek_ocr.weights.random import make_random_checkpoint  # noqa: E402
 
 PROMPT = "<image>\nFree OCR."
@@ -143,17 +144,15 @@ def load(folder: Path, mode: str, weights: str, device, compile_layers: str | No
         ocr.precision = Precision("auto" if weights == "fp32" else "bfloat16", device, ocr.model,
                                   master_weights=weights == "master", distributed=False)
         ocr.precision.start()
-    # torch.compile per layer (fused elementwise glue, fewer launches for the host to make):
-    # the decoder's layers, CLIP's (the trained half of the tower), or both.
-    layers = []
-    if compile_layers in ("decoder", "all", "all+sam"):
-        layers += list(ocr.model.decoder.layers)
-    if compile_layers in ("clip", "all", "all+sam"):
-        layers += list(ocr.model.vision.clip.transformer.layers)
-    if compile_layers == "all+sam":  # the frozen SAM's blocks too (forward only under `paper`)
-        layers += list(ocr.model.vision.sam.blocks)
-    for layer in layers:
-        layer.compile(mode=compile_mode)
+    # torch.compile per layer (fused elementwise glue, fewer launches for the host to make), as
+    # the trainer's `compile` setting does it (training/compiled.py): the decoder's layers, CLIP's
+    # (the trained half of the tower), both, or both and the frozen SAM's blocks (bench only).
+    ocr.compiler = None
+    if compile_layers:
+        layers = compiled_layers(ocr.model, "all" if compile_layers == "all+sam" else compile_layers)
+        if compile_layers == "all+sam":
+            layers += list(ocr.model.vision.sam.blocks)
+        ocr.compiler = LayerCompiler(layers, compile_mode or "default")
     return ocr, summary
 
 
@@ -203,9 +202,8 @@ def train_step(ocr, batch, opt, device, args, marks: list | None = None):
     after the forward, the backward and the optimizer step are launched."""
     mark = marks.append if marks is not None else (lambda _: None)
     opt.zero_grad(set_to_none=True)
-    if args.compile_mode == "reduce-overhead":  # CUDA graphs: a new step, the last one's outputs may be reused
-        torch.compiler.cudagraph_mark_step_begin()
-    with autocast(device, ocr.precision):
+    compiled = ocr.compiler.active() if ocr.compiler else contextlib.nullcontext()
+    with compiled, autocast(device, ocr.precision):
         out = ocr.loss(batch, gradient_checkpointing=args.gradient_checkpointing)
     mark(time.perf_counter())
     out.loss.backward()

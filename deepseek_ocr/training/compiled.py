@@ -14,10 +14,12 @@ to a compiled one), so checkpoints, state dicts, LoRA and DDP see the same model
 call is on only inside `active()` (the trainer's forward and backward); evaluation (generation,
 with its own kernels and cache arguments) and anything else run the layers as written.
 
-With `reduce-overhead` a graph is recorded per input shape: batches of one length (fixed-size
-pages, `max_length` with padding, or one mode) replay; every new length records again (after
-torch's recompile limit, 8 by default, the layer runs uncompiled). It needs CUDA, one process,
-and no gradient checkpointing (config.py checks).
+With `reduce-overhead` a graph is recorded per input shape. After the first change of batch
+length torch compiles the layer once more with the length symbolic (torch's automatic dynamic
+shapes: no further compilations), and CUDA graphs are then recorded for each new length on its
+first use (time and memory once per length). So it pays most when batches have one length (one
+mode, fixed-size pages); with many lengths, `compile_mode="default"` avoids the recordings. It
+needs CUDA, one process, and no gradient checkpointing (config.py checks).
 """
 from __future__ import annotations
 
