@@ -90,7 +90,9 @@ def test_compile_settings_are_checked_and_may_change_on_resume(tmp_path):
                         (dict(compile="all", compile_mode="fast"), "compile_mode must be one of"),
                         (dict(compile_mode="reduce-overhead"), "needs compile"),
                         (dict(compile="all", compile_mode="reduce-overhead", gradient_checkpointing=True),
-                         "does not combine with gradient_checkpointing")]:
+                         "does not combine with gradient_checkpointing"),
+                        (dict(compile="all", compile_mode="reduce-overhead", grad_accum=2),
+                         "with grad_accum > 1 is not supported")]:
         with pytest.raises(TrainConfigError, match=needle):
             TrainConfig(**ok, **bad)
     cfg = TrainConfig(**ok, compile="all", compile_mode="reduce-overhead")

@@ -80,7 +80,7 @@ def build_parser() -> argparse.ArgumentParser:
                         "(fuses each layer's glue: fewer launches for the host)")
     g.add_argument("--compile-mode", choices=COMPILE_MODES,
                    help="default, or reduce-overhead (the compiled layers replayed as CUDA graphs: the fastest "
-                        "where every batch has one length; CUDA, one process, no gradient checkpointing)")
+                        "where every batch has one length; CUDA, one process, no gradient checkpointing or --grad-accum)")
     g.add_argument("--device", help="cuda, cuda:1, cpu (default: cuda when available)")
     g.add_argument("--strategy", choices=("ddp", "fsdp"),
                    help="under torchrun: ddp (default; LoRA or full) or fsdp (FSDP2 sharding, full fine-tuning)")

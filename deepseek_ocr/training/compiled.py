@@ -19,7 +19,8 @@ length torch compiles the layer once more with the length symbolic (torch's auto
 shapes: no further compilations), and CUDA graphs are then recorded for each new length on its
 first use (time and memory once per length). So it pays most when batches have one length (one
 mode, fixed-size pages); with many lengths, `compile_mode="default"` avoids the recordings. It
-needs CUDA, one process, and no gradient checkpointing (config.py checks).
+needs CUDA, one process, no gradient checkpointing and no accumulation over micro-batches
+(config.py checks).
 """
 from __future__ import annotations
 

@@ -71,7 +71,7 @@ class TrainConfig:
         bf16 holds their values exactly: the same arithmetic, half their memory, no casts),
         compile (torch.compile the decoder's layers, CLIP's, or "all" of both, for the training
         steps; off by default) and compile_mode ("default"; "reduce-overhead": the compiled
-        layers replayed as CUDA graphs, CUDA and one process only, a graph per batch length, so
+        layers replayed as CUDA graphs, CUDA and one process only, grad_accum 1, a graph per batch length, so
         best with batches of one length; training/compiled.py),
         device (None: CUDA when available).
 
@@ -310,6 +310,11 @@ def _value_problems(c: TrainConfig) -> list[str]:
     if c.compile_mode == "reduce-overhead" and c.compile is not None and c.gradient_checkpointing:
         p.append("compile_mode 'reduce-overhead' (CUDA graphs) does not combine with gradient_checkpointing: "
                  "drop one of them")
+    if c.compile_mode == "reduce-overhead" and c.compile is not None and c.grad_accum > 1:
+        # A micro-batch's gradients come out of the graphs' memory pool, which the next
+        # micro-batch's replay reuses before the optimizer step has read them.
+        p.append("compile_mode 'reduce-overhead' (CUDA graphs) with grad_accum > 1 is not supported: put the step's "
+                 "samples in batch_size, or use compile_mode 'default'")
     if c.on_error not in ("stop", "skip"):
         p.append(f"on_error must be 'stop' or 'skip', got {c.on_error!r}")
     if c.on_nonfinite not in NONFINITE_POLICIES:
