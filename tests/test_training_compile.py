@@ -63,6 +63,28 @@ def test_compiled_decoder_layers_train_as_the_uncompiled_ones(tmp_path, ocr, bas
     assert all(layer._compiled_call_impl is None for layer in ocr.model.decoder.layers)
 
 
+def test_a_compile_failure_stops_with_a_typed_error(tmp_path, ocr, base, samples, monkeypatch):
+    from deepseek_ocr.training.errors import CompileError
+
+    def broken(gm, example_inputs):
+        raise RuntimeError("no C++ compiler found")
+    monkeypatch.setattr(compiled, "BACKEND", broken)
+    torch._dynamo.reset()
+    _reset(ocr, base)
+    before = _trained(ocr)
+    cfg = _cfg(tmp_path, preset="decoder", lr=2e-3, max_steps=2, batch_size=2, compile="decoder")
+    try:
+        with pytest.raises(CompileError, match=r"torch.compile failed on the compiled layers \(2 layers, mode "
+                                               r"'default'\) in training step 1: .*no C\+\+ compiler found.*"
+                                               r"Train without compile"):
+            Trainer(ocr, cfg, samples).train()
+    finally:
+        torch._dynamo.reset()
+    after = _trained(ocr)
+    assert all(torch.equal(after[n], v) for n, v in before.items())  # no update was made
+    assert all(layer._compiled_call_impl is None for layer in ocr.model.decoder.layers)
+
+
 def test_the_scopes_name_the_layers(ocr):
     model = ocr.model
     dec, clip = list(model.decoder.layers), list(model.vision.clip.transformer.layers)

@@ -31,7 +31,7 @@ import torch
 from torch import nn
 
 from .config import COMPILE_MODES, COMPILE_SCOPES, TrainConfig
-from .errors import TrainingError
+from .errors import CompileError, TrainingError
 
 # torch.compile's backend for the trainer's layers (tests set a tracing-only one).
 BACKEND = "inductor"
@@ -65,6 +65,22 @@ class LayerCompiler:
         # One compiled callable per layer; torch.compile caches its graphs by code and guards, so
         # layers of one class share their compiled code.
         self._calls = [torch.compile(layer._call_impl, backend=backend, **kw) for layer in self.layers]
+
+    @staticmethod
+    def failed(exc: BaseException) -> bool:
+        """Whether `exc` is torch.compile's (tracing or code generation)."""
+        import torch._dynamo.exc  # only when something failed: importing dynamo takes a while
+
+        return isinstance(exc, torch._dynamo.exc.TorchDynamoException)
+
+    def error(self, exc: BaseException, step: int) -> CompileError:
+        """The typed error for a compile failure in training step `step`."""
+        cause = getattr(exc, "inner_exception", None) or exc  # a backend's failure, as the backend raised it
+        first = (str(cause).strip().splitlines() or [""])[0]
+        return CompileError(f"torch.compile failed on the compiled layers ({len(self.layers)} layers, mode "
+                            f"{self.mode!r}) in training step {step}: {type(cause).__name__}: {first}. The weights "
+                            "were not updated by that step. Train without compile (the same training, "
+                            "uncompiled), or with compile_mode 'default' if CUDA graphs were the problem.")
 
     @contextlib.contextmanager
     def active(self) -> Iterator[None]:

@@ -27,3 +27,7 @@ class NonFiniteLossError(TrainingError):
 
 class TrainingOOMError(TrainingError):
     """The accelerator ran out of memory in a training step."""
+
+
+class CompileError(TrainingError):
+    """torch.compile failed on the layers the `compile` setting names (training/compiled.py)."""

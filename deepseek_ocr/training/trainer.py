@@ -246,6 +246,10 @@ class Trainer:
                 self.precision.after_backward()
             except torch.OutOfMemoryError:
                 raise self._oom(mb) from None
+            except RuntimeError as exc:  # torch.compile's failures are RuntimeErrors
+                if self.compiler is None or not self.compiler.failed(exc):
+                    raise
+                raise self.compiler.error(exc, step + 1) from exc
             finally:
                 sync.__exit__(None, None, None)
             losses.append(out.loss.detach())
