@@ -44,12 +44,15 @@ def backend(monkeypatch):
     torch._dynamo.reset()
 
 
-def test_compiled_decoder_layers_train_as_the_uncompiled_ones(tmp_path, ocr, base, samples, backend):
-    common = dict(preset="decoder", lr=2e-3, max_steps=3, batch_size=2, warmup_steps=1, weight_decay=0.01)
+@pytest.mark.parametrize("kind", ["decoder", "lora"])
+def test_compiled_decoder_layers_train_as_the_uncompiled_ones(tmp_path, ocr, base, samples, backend, kind):
+    # LoRA: the adapters (attention, dense MLP, shared and routed experts) inside the compiled layers.
+    extra = dict(preset="decoder") if kind == "decoder" else dict(lora_r=4, lora_alpha=8)
+    common = dict(lr=2e-3, max_steps=3, batch_size=2, warmup_steps=1, weight_decay=0.01, **extra)
     runs = {}
     for scope in (None, "decoder"):
         _reset(ocr, base)
-        result = Trainer(ocr, _cfg(tmp_path, f"compile-{scope}", compile=scope, **common), samples).train()
+        result = Trainer(ocr, _cfg(tmp_path, f"compile-{kind}-{scope}", compile=scope, **common), samples).train()
         runs[scope] = (result.losses, _trained(ocr))
     assert backend.graphs > 0 and backend.calls >= 3 * len(ocr.model.decoder.layers)  # compiled in every step
     # The captured graphs run the same operators in the same order: the same run, bit for bit.
