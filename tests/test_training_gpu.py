@@ -84,9 +84,10 @@ def test_a_training_step_does_not_wait_for_the_gpu(small_checkpoint):
 @pytest.mark.parametrize("master_weights", [False, True])
 def test_compiled_layers_with_cuda_graphs_train_as_the_uncompiled_ones(tmp_path, small_checkpoint, master_weights):
     """`compile="all"` with `compile_mode="reduce-overhead"` (inductor, CLIP's and the decoder's
-    layers replayed as CUDA graphs): the same losses as the uncompiled trainer within bf16's
-    rounding, an evaluation at the end (generation runs the layers uncompiled), and the graphs'
-    outputs never read after they were overwritten (cudagraph trees raise if they are)."""
+    layers replayed as CUDA graphs): the same loss curve as the uncompiled trainer within bf16's
+    rounding while the loss falls (one batch, repeated, at a rate that moves it: wrong gradients
+    would bend the curve), an evaluation at the end (generation runs the layers uncompiled), and
+    the graphs' outputs never read after they were overwritten (cudagraph trees raise if they are)."""
     from deepseek_ocr import DeepseekOCR
     from deepseek_ocr.training.config import TrainConfig
     from deepseek_ocr.training.trainer import Trainer
@@ -94,20 +95,20 @@ def test_compiled_layers_with_cuda_graphs_train_as_the_uncompiled_ones(tmp_path,
     for scope in (None, "all"):
         torch._dynamo.reset()
         ocr = DeepseekOCR.from_pretrained(small_checkpoint, device=TEST_DEVICE, dtype=torch.float32)
-        # Two batches of two tiny-mode pages with answers of one length (one graph per length),
-        # then the first batch again (a replay).
-        items = [ocr.prepare(_page(t), "<image>\nFree OCR.", mode="tiny", answer=t)
-                 for t in ("invoice 42", "invoice 43", "receipt 17", "receipt 18")]
+        items = [ocr.prepare(_page(t), "<image>\nFree OCR.", mode="tiny", answer=t) for t in ("invoice 42", "receipt 17")]
         cfg = TrainConfig(model="unused", data=["in-memory"], output_dir=str(tmp_path / f"run-{scope}"),
-                          preset="paper", lr=1e-5, max_steps=3, batch_size=2, schedule="constant",
+                          preset="paper", lr=1e-4, max_steps=5, batch_size=2, schedule="constant",
                           master_weights=master_weights, compile=scope,
                           compile_mode="reduce-overhead" if scope else "default",
                           progress=False, tensorboard=False, save_model=False, checkpoint_every=0,
                           log_every=1)
-        result = Trainer(ocr, cfg, items, eval_data=items[:2]).train()
-        runs[scope] = result
-        assert result.eval is not None and result.step == 3
+        result = Trainer(ocr, cfg, items, eval_data=items).train()
+        runs[scope] = [r["loss"] for r in result.losses]
+        assert result.eval is not None and result.step == 5
         del ocr
-    want = [r["loss"] for r in runs[None].losses]
-    got = [r["loss"] for r in runs["all"].losses]
-    assert all(abs(g - w) <= 2e-2 * abs(w) for g, w in zip(got, want)), (got, want)
+    want, got = runs[None], runs["all"]
+    # The curve falls steeply (on the CPU in float32: 12.11, 6.30, 1.79, 1.23, 0.88), so wrong or
+    # stale gradients would leave it by nats; bf16 rounding moves it by far less than 5% of the fall.
+    fall = want[0] - want[-1]
+    assert fall > 0.3 * want[0], want
+    assert all(abs(g - w) <= 0.05 * fall for g, w in zip(got, want)), (got, want)
