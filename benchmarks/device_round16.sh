@@ -7,6 +7,8 @@
 #                                              # (median over steps 21-60: the lengths' graphs recorded by
 #                                              # then), the trainer's own step against bench_train's
 #   bash benchmarks/device_round16.sh learn    # device_round15.sh learn (7 minutes, seed 1)
+#   bash benchmarks/device_round16.sh gpu      # (carry .shared/ too) the training GPU tests: the compiled-
+#                                              # trainer test was made stricter after its last GPU run
 set -u
 . benchmarks/device_env.sh  # $PY, the carried wheels, $OUT, device.txt, full_checkpoint
 case "${1:-}" in
@@ -35,5 +37,6 @@ for log in sorted(Path(sys.argv[1]).glob("trainer_paper_*_log.jsonl")):
 PY
     ;;
   learn) bash benchmarks/device_round15.sh learn ;;
-  *) echo "usage: $0 trainer|learn" >&2; exit 2 ;;
+  gpu) gpu_tests "$OUT/gpu_tests.log" 400 tests/test_training_gpu.py tests/test_training_optim.py --durations=5 ;;
+  *) echo "usage: $0 trainer|learn|gpu" >&2; exit 2 ;;
 esac
