@@ -4,6 +4,8 @@
     python benchmarks/bench_train.py --workload page --mode lora --gradient-checkpointing
     python benchmarks/bench_train.py --packing --mode lora                                # padding vs its bound
     python benchmarks/bench_train.py --smoke                                              # CPU, tiny, ~1 min
+    python benchmarks/bench_train.py --workload page --mode paper --compile all --compile-mode reduce-overhead
+                                       # the layers as the trainer's --compile/--compile-mode compile them
 
 Workloads (random full-size weights, 12 layers x 64 experts, top-6, written once to
 `--checkpoint`; generated images of random words):
