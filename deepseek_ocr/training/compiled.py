@@ -66,26 +66,21 @@ class LayerCompiler:
         # layers of one class share their compiled code.
         self._calls = [torch.compile(layer._call_impl, backend=backend, **kw) for layer in self.layers]
 
-    @staticmethod
-    def failed(exc: BaseException) -> bool:
-        """Whether `exc` is torch.compile's (tracing or code generation)."""
-        import torch._dynamo.exc  # only when something failed: importing dynamo takes a while
-
-        return isinstance(exc, torch._dynamo.exc.TorchDynamoException)
-
-    def error(self, exc: BaseException, step: int) -> CompileError:
-        """The typed error for a compile failure in training step `step`."""
+    def _error(self, exc: BaseException, step: int | None) -> CompileError:
+        """The typed error for torch.compile's failure `exc` (tracing or code generation)."""
         cause = getattr(exc, "inner_exception", None) or exc  # a backend's failure, as the backend raised it
         first = (str(cause).strip().splitlines() or [""])[0]
+        where = f" in training step {step}" if step is not None else ""
         return CompileError(f"torch.compile failed on the compiled layers ({len(self.layers)} layers, mode "
-                            f"{self.mode!r}) in training step {step}: {type(cause).__name__}: {first}. The weights "
-                            "were not updated by that step. Train without compile (the same training, "
-                            "uncompiled), or with compile_mode 'default' if CUDA graphs were the problem.")
+                            f"{self.mode!r}){where}: {type(cause).__name__}: {first}. The weights were not "
+                            "updated by that step. Train without compile (the same training, uncompiled), or "
+                            "with compile_mode 'default' if CUDA graphs were the problem.")
 
     @contextlib.contextmanager
-    def active(self) -> Iterator[None]:
-        """The layers run compiled inside the block (a forward and its backward: the backward
-        runs the graphs recorded in the forward, whether or not the block is still open)."""
+    def active(self, step: int | None = None) -> Iterator[None]:
+        """The layers run compiled inside the block: a forward and its backward (the backward
+        compiles and runs the graphs recorded in the forward). torch.compile's failures in the
+        block come out as `CompileError` naming `step`."""
         if self.graphs:
             # A new step: the graphs' outputs of the last one may be overwritten now.
             torch.compiler.cudagraph_mark_step_begin()
@@ -93,6 +88,12 @@ class LayerCompiler:
             layer._compiled_call_impl = call
         try:
             yield
+        except RuntimeError as exc:  # torch.compile's failures are RuntimeErrors
+            import torch._dynamo.exc  # only when something failed: importing dynamo takes a while
+
+            if not isinstance(exc, torch._dynamo.exc.TorchDynamoException):
+                raise
+            raise self._error(exc, step) from exc
         finally:
             for layer in self.layers:
                 layer._compiled_call_impl = None

@@ -71,8 +71,8 @@ class TrainConfig:
         bf16 holds their values exactly: the same arithmetic, half their memory, no casts),
         compile (torch.compile the decoder's layers, CLIP's, or "all" of both, for the training
         steps; off by default) and compile_mode ("default"; "reduce-overhead": the compiled
-        layers replayed as CUDA graphs, CUDA and one process only, grad_accum 1, a graph per batch length, so
-        best with batches of one length; training/compiled.py),
+        layers replayed as CUDA graphs, CUDA and one process only, grad_accum 1, a graph per
+        batch length, so best with batches of one length; training/compiled.py),
         device (None: CUDA when available).
 
     Output:

@@ -40,8 +40,8 @@ from ..processing.prompt import IGNORE_INDEX, PreparedInputs
 from .checkpoint import (CheckpointWriteError, TrainState, gather_sharded, load_optimizer, load_weights, read_state,
                          restore_rng, save_checkpoint, train_state)
 from .config import TrainConfig, resume_differences
-from .data.sampler import SampleOrder
 from .compiled import layer_compiler
+from .data.sampler import SampleOrder
 from .precision import Precision
 from .prefetch import StepPrefetcher
 from .distributed import all_reduce_sum, for_training, raise_together, world
@@ -234,22 +234,20 @@ class Trainer:
             no_sync = j < len(micro) - 1 and hasattr(self.module, "no_sync")
             sync = self.module.no_sync() if no_sync else contextlib.nullcontext()
             sync.__enter__()  # left in the `finally` below, after this micro-batch's backward
-            compiled = self.compiler.active() if self.compiler else contextlib.nullcontext()
+            # With `compile`: the layers compiled for the forward and its backward (compiled.py).
+            compiled = self.compiler.active(step + 1) if self.compiler else contextlib.nullcontext()
             try:
-                with compiled, self.autocast():
-                    out = self.module(mb, aux_loss=self.cfg.aux_loss,
-                                      gradient_checkpointing=self.cfg.gradient_checkpointing)
-                objective = out.ce * (out.num_labels * self.world_size / total_labels)
-                if self.cfg.aux_loss:
-                    objective = objective + out.aux * (len(mb) * self.world_size / total_seqs)
-                objective.backward()
+                with compiled:
+                    with self.autocast():
+                        out = self.module(mb, aux_loss=self.cfg.aux_loss,
+                                          gradient_checkpointing=self.cfg.gradient_checkpointing)
+                    objective = out.ce * (out.num_labels * self.world_size / total_labels)
+                    if self.cfg.aux_loss:
+                        objective = objective + out.aux * (len(mb) * self.world_size / total_seqs)
+                    objective.backward()
                 self.precision.after_backward()
             except torch.OutOfMemoryError:
                 raise self._oom(mb) from None
-            except RuntimeError as exc:  # torch.compile's failures are RuntimeErrors
-                if self.compiler is None or not self.compiler.failed(exc):
-                    raise
-                raise self.compiler.error(exc, step + 1) from exc
             finally:
                 sync.__exit__(None, None, None)
             losses.append(out.loss.detach())
